@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything the tests need into ./.venv and ./.tools, then lint, type-check and test.
+# Used by the README and by .ci/run. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+if [ -x scripts/setup-node-tools.sh ] || [ -f scripts/setup-node-tools.sh ]; then
+  bash scripts/setup-node-tools.sh
+fi
+
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+echo "== pyright"
+.venv/bin/pyright
+echo "== pytest"
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,347 @@
+"""LocalBackend: sessions in the embedded store.
+
+Status rules (one place):
+
+- create without a prompt -> ``idle``.
+- a user message -> ``awaiting_reply`` in the mailbox (no agent attached), ``running`` when an
+  agent answers; the agent's turn ends ``idle`` (or ``failed`` with ``error``).
+- an assistant message (the mailbox answer from another client) -> ``idle``.
+- interrupt: stops a running agent turn (``idle``); in the mailbox it withdraws the request
+  for a reply (``awaiting_reply`` -> ``idle``), so the session leaves the inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from anyio.abc import TaskGroup
+from pydantic import TypeAdapter
+
+from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...models import Capabilities, MessagePage, Part, Role, SessionPage, SessionRecord, Status, StoredMessage
+from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
+from ...store.feed import ChangeFeed
+from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
+
+if TYPE_CHECKING:
+    from ...settings import LocalSettings
+
+log = logging.getLogger(__name__)
+
+_PARTS = TypeAdapter(list[Part])
+MAILBOX = "mailbox"
+
+
+class AgentRunner(Protocol):
+    """Runs an agent for each user turn of the sessions it is attached to."""
+
+    name: str
+
+    async def start(self, tg: TaskGroup) -> None:
+        """Recover turns left running by a dead process; be ready to run turns in ``tg``."""
+        ...
+
+    def begin_turn(self, owner: str, session_id: str) -> None:
+        """Run the agent for the newest user message in the background."""
+        ...
+
+    async def interrupt(self, owner: str, session_id: str) -> bool:
+        """Stop the running turn of this session; False when none runs here."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every turn this process runs."""
+        ...
+
+
+def _record(row: SessionRow) -> SessionRecord:
+    return SessionRecord(
+        native_id=row.id,
+        title=row.title,
+        status=row.status,
+        error=row.error,
+        created_at=from_ms(row.created_at),
+        updated_at=from_ms(row.updated_at),
+        message_count=row.message_count,
+        model=row.model,
+        agent=row.agent or MAILBOX,
+        head=str(row.last_seq),
+    )
+
+
+def _stored(row: MessageRow) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        role=row.role,
+        parts=_PARTS.validate_python(row.parts),
+        created_at=from_ms(row.created_at),
+        position=str(row.seq),
+    )
+
+
+def _position(after: str | None) -> int:
+    if after is None:
+        return 0
+    try:
+        seq = int(after)
+    except ValueError:
+        raise InvalidArgument("bad cursor: pass a cursor returned by this server") from None
+    if seq < 0:
+        raise InvalidArgument("bad cursor: pass a cursor returned by this server")
+    return seq
+
+
+class _FeedWatch(Watch):
+    def __init__(self, feed: ChangeFeed, session_id: str) -> None:
+        self.feed = feed
+        self.session_id = session_id
+        self.ticket = feed.ticket(session_id)
+
+    async def next(self, timeout: float) -> bool:
+        fired = await self.ticket.wait(timeout)
+        if fired:
+            self.ticket = self.feed.ticket(self.session_id)
+        return fired
+
+
+class LocalBackend(SessionBackend):
+    """Sessions stored in SQLite (or PostgreSQL), owned by the principal that created them."""
+
+    name = "local"
+    capabilities = Capabilities(
+        rename=True, delete=True, interrupt=True, assistant_messages=True, streaming=True,
+        system_prompt=True, model_choice=True,
+    )  # fmt: skip
+
+    def __init__(self, store: Store, settings: LocalSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.feed = ChangeFeed(store)
+        self.runner: AgentRunner | None = None
+        self.default_agent = settings.agent if settings.agent != "none" else None
+        self._streams: dict[str, list[ProgressFn]] = {}
+
+    async def start(self, tg: TaskGroup) -> None:
+        try:
+            await self.store.open()
+        except Exception as exc:
+            # keep serving: every call reopens and reports the problem to the caller
+            log.error("local store unavailable: %s", exc)
+        await self.feed.start(tg)
+        if self.default_agent:
+            from .agents import create_runner
+
+            runner: AgentRunner = create_runner(self.settings, self)
+            self.runner = runner
+            await runner.start(tg)
+
+    async def aclose(self) -> None:
+        if self.runner is not None:
+            await self.runner.aclose()
+        await self.store.close()
+
+    def agent_attached(self, session: SessionRecord) -> bool:
+        return session.agent not in (None, MAILBOX)
+
+    async def publish(self, session_id: str, owner: str, kind: Any) -> None:
+        """Announce a write this process made (wakes waiters and subscribers at once)."""
+        await self.feed.publish(Change(0, session_id, owner, kind, self.store.writer_id))
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self, req: CreateRequest) -> CreateResult:
+        agent = req.agent or self.default_agent
+        if agent is not None and agent != self.default_agent:
+            raise InvalidArgument(
+                f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
+                f"{self.settings.agent}); leave agent empty"
+            )
+        first = None
+        status = Status.IDLE
+        if req.prompt is not None:
+            first = ("user", [{"type": "text", "text": req.prompt}], req.prompt)
+            status = Status.RUNNING if agent else Status.AWAITING_REPLY
+        row, msgs = await self.store.create_session(
+            owner=req.principal,
+            title=req.title,
+            model=req.model,
+            system=req.system,
+            agent=agent,
+            status=status,
+            first_message=first,  # pyright: ignore[reportArgumentType]
+            dedupe_key=req.dedupe_key,
+        )
+        await self.publish(row.id, row.owner, "created")
+        if agent and req.prompt is not None and self.runner is not None and row.status is Status.RUNNING:
+            self.runner.begin_turn(row.owner, row.id)
+        return CreateResult(session=_record(row), written=[_stored(m) for m in msgs])
+
+    async def _row(self, principal: str, native_id: str) -> SessionRow:
+        row = await self.store.get_session(principal, native_id)
+        if row is None:
+            raise UnknownSession(f"local:{native_id}")
+        return row
+
+    async def get_session(self, principal: str, native_id: str) -> SessionRecord:
+        return _record(await self._row(principal, native_id))
+
+    async def list_sessions(self, q: SessionQuery) -> SessionPage:
+        after: tuple[int, str] | None = None
+        if q.cursor:
+            ts, _, sid = q.cursor.partition("/")
+            try:
+                after = (int(ts), sid)
+            except ValueError:
+                raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
+        rows = await self.store.list_sessions(
+            q.principal,
+            statuses=sorted(q.statuses) if q.statuses else None,
+            query=q.query,
+            after=after,
+            limit=q.limit + 1,
+        )
+        more = len(rows) > q.limit
+        rows = rows[: q.limit]
+        next_cursor = f"{rows[-1].updated_at}/{rows[-1].id}" if more and rows else None
+        return SessionPage(items=[_record(r) for r in rows], next_cursor=next_cursor)
+
+    async def rename_session(self, principal: str, native_id: str, title: str) -> SessionRecord:
+        row = await self.store.update_session(principal, native_id, title=title)
+        if row is None:
+            raise UnknownSession(f"local:{native_id}")
+        await self.publish(row.id, row.owner, "renamed")
+        return _record(row)
+
+    async def interrupt_session(self, principal: str, native_id: str) -> SessionRecord:
+        row = await self._row(principal, native_id)
+        if self.runner is not None and row.status is Status.RUNNING:
+            await self.runner.interrupt(principal, native_id)
+            row = await self._row(principal, native_id)
+        if row.status in (Status.RUNNING, Status.AWAITING_REPLY):
+            updated = await self.store.update_session(principal, native_id, status=Status.IDLE, clear_error=True)
+            if updated is None:
+                raise UnknownSession(f"local:{native_id}")
+            row = updated
+            await self.publish(row.id, row.owner, "status")
+        return _record(row)
+
+    async def delete_session(self, principal: str, native_id: str) -> None:
+        row = await self._row(principal, native_id)
+        if self.runner is not None and row.status is Status.RUNNING:
+            await self.runner.interrupt(principal, native_id)
+        if not await self.store.delete_session(principal, native_id):
+            raise UnknownSession(f"local:{native_id}")
+        await self.publish(native_id, principal, "deleted")
+
+    # --- messages ---------------------------------------------------------------------------
+
+    async def send_message(
+        self, principal: str, native_id: str, text: str, role: Role, *, dedupe_key: str | None = None
+    ) -> StoredMessage:
+        row = await self._row(principal, native_id)
+        attached = row.agent not in (None, MAILBOX)
+        if role == "assistant":
+            if attached:
+                raise Unsupported(
+                    "local",
+                    "take role='assistant' messages in this session",
+                    f"its replies come from the {row.agent!r} agent; send role='user' instead",
+                )
+            status = Status.IDLE
+        elif role == "user":
+            status = Status.RUNNING if attached else Status.AWAITING_REPLY
+        else:
+            raise InvalidArgument("role must be 'user' or 'assistant'")
+        result = await self.store.append_message(
+            principal,
+            native_id,
+            role=role,
+            parts=[{"type": "text", "text": text}],
+            text=text,
+            new_status=status,
+            dedupe_key=dedupe_key,
+        )
+        if result is None:
+            raise UnknownSession(f"local:{native_id}")
+        session, msg = result
+        await self.publish(native_id, principal, "message")
+        if attached and role == "user" and self.runner is not None:
+            self.runner.begin_turn(principal, native_id)
+        del session
+        return _stored(msg)
+
+    async def append_agent_message(
+        self,
+        owner: str,
+        native_id: str,
+        *,
+        parts: list[dict[str, Any]],
+        text: str,
+        status: Status | None,
+        error: str | None = None,
+        role: Role = "assistant",
+    ) -> StoredMessage | None:
+        """Write what an agent produced (used by agent runners); None when the session is gone."""
+        result = await self.store.append_message(
+            owner, native_id, role=role, parts=parts, text=text, new_status=status, error=error
+        )
+        if result is None:
+            return None
+        await self.publish(native_id, owner, "message")
+        return _stored(result[1])
+
+    async def set_status(self, owner: str, native_id: str, status: Status, error: str | None = None) -> None:
+        """Set a session's status (used by agent runners)."""
+        row = await self.store.update_session(
+            owner, native_id, status=status, error=error, clear_error=status is not Status.FAILED
+        )
+        if row is not None:
+            await self.publish(native_id, owner, "status")
+
+    async def list_messages(
+        self,
+        principal: str,
+        native_id: str,
+        *,
+        after: str | None,
+        limit: int,
+        roles: Sequence[Role] | None = None,
+    ) -> MessagePage:
+        result = await self.store.list_messages(
+            principal, native_id, after_seq=_position(after), limit=limit, roles=roles
+        )
+        if result is None:
+            raise UnknownSession(f"local:{native_id}")
+        row, msgs, more = result
+        return MessagePage(items=[_stored(m) for m in msgs], has_more=more, status=row.status)
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _watch(self, native_id: str, progress: ProgressFn | None) -> AsyncGenerator[Watch, None]:
+        if progress is not None:
+            self._streams.setdefault(native_id, []).append(progress)
+        try:
+            async with self.feed.interested():
+                yield _FeedWatch(self.feed, native_id)
+        finally:
+            if progress is not None:
+                fns = self._streams.get(native_id, [])
+                if progress in fns:
+                    fns.remove(progress)
+                if not fns:
+                    self._streams.pop(native_id, None)
+
+    def watch(self, principal: str, native_id: str, *, progress: ProgressFn | None = None) -> Any:
+        return self._watch(native_id, progress)
+
+    async def stream_delta(self, native_id: str, text: str) -> None:
+        """Forward reply text as an agent produces it to everyone waiting on the session here."""
+        for fn in list(self._streams.get(native_id, ())):
+            try:
+                await fn(text)
+            except Exception:
+                log.debug("progress callback failed", exc_info=True)

@@ -1,0 +1,162 @@
+"""Command line: the one edge where settings are read. Logs go to stderr; stdout is protocol only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+EPILOG = """\
+configuration (environment, TOML file via --config, flags; flags win):
+  SESSIONS_MCP_BACKENDS          enabled backends, first is the default (local, factory, fabro)
+  SESSIONS_MCP_LOCAL__DB         SQLite path or postgresql:// URL (default: user data dir)
+  SESSIONS_MCP_LOCAL__AGENT      none | command | openai: what answers local sessions
+  FACTORY_API_KEY                Factory API key (factory backend)
+  SESSIONS_MCP_FABRO__BASE_URL   Fabro server (fabro backend)
+  the README has the full table.
+
+examples:
+  sessions-mcp                                  serve MCP over stdio, local store, no setup
+  sessions-mcp --transport http --port 8765     streamable HTTP at /mcp and SSE at /sse
+  sessions-mcp doctor                           check configuration and reachability
+  sessions-mcp ls | show ID | tail ID           look at sessions from a terminal
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sessions-mcp",
+        description="MCP server that exposes agent sessions (local store, Factory, Fabro) as tools, "
+        "resources and prompts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"sessions-mcp {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="TOML configuration file (default: user config dir)")
+    common.add_argument("--backends", metavar="LIST", help="comma list of backends; first is the default")
+    common.add_argument("--db", metavar="PATH_OR_URL", help="local store: SQLite path or postgresql:// URL")
+    common.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING (default), ERROR")
+    p.add_argument("--transport", choices=["stdio", "http", "sse"], default="stdio",
+                   help="stdio (default); http serves streamable HTTP at /mcp and SSE at /sse on one port; "
+                   "sse is an alias of http")  # fmt: skip
+    p.add_argument("--host", help="HTTP bind address (default 127.0.0.1; others need auth configured)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8765)")
+    p.add_argument("--stateless", action="store_true", default=None,
+                   help="HTTP without protocol sessions, for replicas behind a load balancer")  # fmt: skip
+    for action in common._actions:  # share the common flags with the top level
+        p._add_action(action)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="serve MCP (the default)")
+    sub.add_parser("doctor", parents=[common], help="check configuration, the store and every backend",
+                   description="Check configuration, the local store and every enabled backend; exits 1 "
+                   "when something is broken and says what to do.")  # fmt: skip
+    ls = sub.add_parser("ls", parents=[common], help="list sessions with status and age")
+    ls.add_argument("--backend", help="only this backend")
+    ls.add_argument("--status", help="only this status (idle, running, awaiting_reply, failed)")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--principal", default=None, help="owner of the sessions (default: local)")
+    show = sub.add_parser("show", parents=[common], help="print a session's transcript")
+    show.add_argument("session_id")
+    show.add_argument("--principal", default=None)
+    tail = sub.add_parser("tail", parents=[common], help="follow a live session until Ctrl-C")
+    tail.add_argument("session_id")
+    tail.add_argument("--principal", default=None)
+    db = sub.add_parser("db", parents=[common], help="database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
+    copy.add_argument("source", help="SQLite file")
+    copy.add_argument("target", help="postgresql:// URL")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "backends", None):
+        out["backends"] = args.backends
+    if getattr(args, "log_level", None):
+        out["log_level"] = args.log_level
+    local: dict[str, Any] = {}
+    if getattr(args, "db", None):
+        local["db"] = args.db
+    http: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        http["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        http["port"] = args.port
+    if getattr(args, "stateless", None):
+        http["stateless"] = True
+    return out | ({"local": local} if local else {}) | ({"http": http} if http else {})
+
+
+def _merge_env(overrides: dict[str, Any]) -> Any:
+    """Load settings, then apply flag overrides on top of the nested models (flags win)."""
+    from .settings import load_settings
+
+    args_config = overrides.pop("_config", None)
+    nested = {k: overrides.pop(k) for k in ("local", "http") if k in overrides}
+    settings = load_settings(args_config, **overrides)
+    for section, values in nested.items():
+        current = getattr(settings, section)
+        setattr(settings, section, current.model_validate(current.model_dump() | values))
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sessions-mcp`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=(args.log_level or "WARNING").upper() if isinstance(args.log_level, str) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .errors import SessionsError
+
+    try:
+        overrides = _overrides(args)
+        overrides["_config"] = args.config
+        settings = _merge_env(overrides)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        command = args.command or "serve"
+        if command == "serve":
+            return _serve(settings, args.transport)
+        if command == "doctor":
+            from .doctor import run_doctor
+
+            return run_doctor(settings)
+        if command in ("ls", "show", "tail"):
+            from . import views
+
+            return views.run(command, settings, args)
+        if command == "db":
+            if args.db_command != "copy":
+                print("sessions-mcp db: name an action, e.g. 'sessions-mcp db copy SRC.db postgresql://…'",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            from .store.copy import run_copy
+
+            return run_copy(args.source, args.target)
+    except SessionsError as exc:
+        print(f"sessions-mcp: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _serve(settings: Any, transport: str) -> int:
+    import anyio
+
+    if transport == "stdio":
+        from .server import build_server
+
+        mcp = build_server(settings)
+        anyio.run(mcp.run_stdio_async)
+        return 0
+    from .http_app import serve_http
+
+    return serve_http(settings)

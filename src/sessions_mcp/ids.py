@@ -1,0 +1,106 @@
+"""Session handles, native ids and opaque cursors.
+
+A handle is ``"<backend>:<native id>"``. Cursors are opaque to clients: URL-safe base64 of a
+small JSON object that binds the backend position to the session it came from, so a cursor
+from another session (or a made-up one) is rejected with a clear error instead of returning
+the wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+
+from .errors import BadCursor, InvalidArgument, UnknownSession
+
+
+def new_native_id() -> str:
+    """A random, unguessable local session id: 128 bits, 22 URL-safe characters."""
+    return secrets.token_urlsafe(16)
+
+
+def new_message_id() -> str:
+    """A random message id (128 bits)."""
+    return "m_" + secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A parsed session id."""
+
+    backend: str
+    native_id: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.native_id}"
+
+    @property
+    def transcript_uri(self) -> str:
+        """The Markdown transcript resource."""
+        return f"session://{self.backend}/{self.native_id}/transcript"
+
+    @property
+    def messages_uri(self) -> str:
+        """The JSON messages resource."""
+        return f"session://{self.backend}/{self.native_id}/messages"
+
+
+def parse_handle(session_id: str, known: list[str]) -> Handle:
+    """Parse ``backend:native``; unknown shapes and disabled backends are unknown sessions."""
+    backend, sep, native = (session_id or "").strip().partition(":")
+    if not sep or not native or backend not in known or "/" in native:
+        if sep and native and backend and backend not in known:
+            raise UnknownSession(session_id) from InvalidArgument(f"backend {backend!r} is not enabled")
+        raise UnknownSession(session_id)
+    return Handle(backend, native)
+
+
+def _fingerprint(session_id: str) -> str:
+    return hashlib.blake2s(session_id.encode(), digest_size=6).hexdigest()
+
+
+def encode_cursor(session_id: str, position: str | None, offset: int = 0) -> str:
+    """An opaque cursor: ``position`` is the backend's, ``offset`` skips into the next message's text."""
+    payload: dict[str, object] = {"s": _fingerprint(session_id)}
+    if position is not None:
+        payload["p"] = position
+    if offset:
+        payload["o"] = offset
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(session_id: str, cursor: str) -> tuple[str | None, int]:
+    """Back to ``(position, offset)``; raises :class:`BadCursor` on anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor("not a cursor of this server") from None
+    if not isinstance(payload, dict) or payload.get("s") != _fingerprint(session_id):  # pyright: ignore[reportUnknownMemberType]
+        raise BadCursor("it belongs to another session")
+    position = payload.get("p")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    offset = payload.get("o", 0)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if (position is not None and not isinstance(position, str)) or not isinstance(offset, int) or offset < 0:
+        raise BadCursor("malformed")
+    return position, offset
+
+
+def encode_page_token(data: dict[str, object]) -> str:
+    """Opaque token for session list pages."""
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_page_token(token: str) -> dict[str, object]:
+    """Inverse of :func:`encode_page_token`; raises :class:`InvalidArgument`."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call")
+    return data  # pyright: ignore[reportUnknownVariableType]

@@ -1,0 +1,134 @@
+"""Build the MCP server: settings -> store -> backends -> service -> MCPServer.
+
+The :class:`Runtime` owns the store, the backends and one task group for background work.
+It is entered once per process (stdio), per app (HTTP, from the ASGI lifespan) and, because
+the SDK enters the MCP lifespan once per SSE connection, it is reference-counted so the
+first entry starts it and the last one stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.server.mcpserver import MCPServer
+
+from . import __version__
+from .backends import create_backend
+from .backends.base import SessionBackend
+from .service import SessionService
+from .settings import Settings
+from .store import create_store
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+REMOTE = {"factory", "fabro"}
+
+
+class Runtime:
+    """Everything the server needs while it runs."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or create_store(settings.local)
+        backends: dict[str, SessionBackend] = {
+            name: create_backend(name, settings, self.store) for name in settings.backends
+        }
+        self.service = SessionService(backends, self.store)
+        self.notifier: Any = None
+        self._users = 0
+        self._lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+
+    @property
+    def task_group(self) -> TaskGroup:
+        """The long-lived task group (only while running)."""
+        if self._tg is None:
+            raise RuntimeError("runtime is not running")
+        return self._tg
+
+    @asynccontextmanager
+    async def running(self) -> AsyncGenerator[Runtime, None]:
+        """Start on first entry, stop on last exit."""
+        async with self._lock:
+            self._users += 1
+            first = self._users == 1
+        if not first:
+            try:
+                yield self
+            finally:
+                async with self._lock:
+                    self._users -= 1
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self.service.start(tg)
+                try:
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.service.aclose()
+                    tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            async with self._lock:
+                self._users -= 1
+
+
+def instructions(service: SessionService) -> str:
+    """Server instructions: what this server is and which backends it has."""
+    lines = [
+        "Agent sessions as tools. Hand a task to an agent with create_session(prompt=...), follow it with",
+        "list_messages(after=cursor, wait_s=...), reply with send_message. Waiting never stops an agent;",
+        "only interrupt_session does. Status: idle, running, awaiting_reply (no agent attached: another",
+        "client answers with send_message(role='assistant'); list_sessions(status='awaiting_reply') is the",
+        "inbox), failed (see error).",
+        f"Backends: {', '.join(service.backends)}; default for new sessions: {service.default_backend}.",
+    ]
+    for info in service.infos():
+        if info.cannot:
+            lines.append(f"The {info.name} backend cannot {', '.join(info.cannot)}.")
+    return "\n".join(lines)
+
+
+def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kwargs: Any) -> MCPServer:
+    """The MCP server for these settings (not yet running)."""
+    from .prompts import register_prompts
+    from .resources import register_resources
+    from .subscriptions import Notifier
+    from .tools import register_tools
+
+    rt = runtime or Runtime(settings)
+    notifier = Notifier(rt)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncGenerator[Runtime, None]:
+        async with rt.running():
+            yield rt
+
+    mcp = MCPServer(
+        "sessions-mcp",
+        title="Agent sessions",
+        version=__version__,
+        instructions=instructions(rt.service),
+        website_url="https://github.com/sessions-mcp/sessions-mcp",
+        lifespan=lifespan,
+        subscriptions=notifier.bus,
+        log_level=cast(Any, settings.log_level.upper()),
+        **mcp_kwargs,
+    )
+    open_world = bool(REMOTE & set(rt.service.backends))
+    register_tools(mcp, rt.service, open_world=open_world)
+    register_resources(mcp, rt.service)
+    register_prompts(mcp, rt.service)
+    notifier.install(mcp)
+    rt.notifier = notifier
+    return mcp

@@ -1,0 +1,232 @@
+"""The persistence interface of the local backend (and of idempotency records for every backend).
+
+Two implementations: :mod:`.sqlite` (default, embedded) and :mod:`.postgres` (replicas).
+Both give the same guarantees: each write is one durable transaction; messages get a
+per-session sequence number allocated inside that transaction, so positions are stable and
+a page costs the same at any depth; every write also records a row in ``changes`` that other
+processes follow to wake their waiters and subscribers.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ..models import Role, Status
+
+ChangeKind = Literal["created", "message", "status", "renamed", "deleted"]
+
+
+def now_ms() -> int:
+    """Wall-clock Unix milliseconds."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def new_writer_id() -> str:
+    """A random id for one process's writer."""
+    return secrets.token_hex(8)
+
+
+def from_ms(ms: int) -> datetime:
+    """Unix milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A stored session."""
+
+    id: str
+    owner: str
+    title: str | None
+    status: Status
+    error: str | None
+    model: str | None
+    system: str | None
+    agent: str | None
+    created_at: int
+    updated_at: int
+    last_seq: int
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """A stored message; ``parts`` is the JSON list of neutral parts."""
+
+    session_id: str
+    seq: int
+    id: str
+    role: Role
+    text: str
+    parts: list[dict[str, Any]]
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row of the change log: something happened to a session."""
+
+    seq: int
+    session_id: str
+    owner: str
+    kind: ChangeKind
+    writer: str = ""
+    """The :attr:`Store.writer_id` of the process that wrote it."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdemRecord:
+    """A stored idempotency record."""
+
+    params_hash: str
+    state: Literal["pending", "done"]
+    result: str | None
+    updated_at: int
+
+
+class Store(ABC):
+    """Durable storage for local sessions. Every method is safe to call concurrently."""
+
+    location: str
+    """Where the data lives, for messages (a path or a redacted URL)."""
+    writer_id: str
+    """Random id of this process's writer; the change log records it so followers skip their own."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and migrate. Raises a :class:`~sessions_mcp.errors.StoreError` with advice."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    # sessions ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_session(
+        self,
+        *,
+        owner: str,
+        title: str | None,
+        model: str | None,
+        system: str | None,
+        agent: str | None,
+        status: Status,
+        first_message: tuple[Role, list[dict[str, Any]], str] | None = None,
+        dedupe_key: str | None = None,
+    ) -> tuple[SessionRow, list[MessageRow]]:
+        """Create a session (and its first message, as ``(role, parts, text)``) in one transaction.
+
+        With ``dedupe_key`` already used by this store, returns the earlier session instead.
+        """
+
+    @abstractmethod
+    async def get_session(self, owner: str, session_id: str) -> SessionRow | None:
+        """The session, or None when unknown, deleted or owned by someone else."""
+
+    @abstractmethod
+    async def list_sessions(
+        self,
+        owner: str,
+        *,
+        statuses: Sequence[Status] | None,
+        query: str | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[SessionRow]:
+        """Most recently updated first; ``after`` is the (updated_at, id) keyset of the last row seen."""
+
+    @abstractmethod
+    async def update_session(
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        title: str | None = None,
+        status: Status | None = None,
+        error: str | None = None,
+        clear_error: bool = False,
+    ) -> SessionRow | None:
+        """Change title and/or status; None when the session is unknown."""
+
+    @abstractmethod
+    async def delete_session(self, owner: str, session_id: str) -> bool:
+        """Delete the session and its messages; False when it was unknown."""
+
+    # messages ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def append_message(
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        role: Role,
+        parts: list[dict[str, Any]],
+        text: str,
+        new_status: Status | None,
+        error: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> tuple[SessionRow, MessageRow] | None:
+        """Append a message and set the session status, in one transaction.
+
+        Returns None when the session is unknown. With a ``dedupe_key`` this store has seen,
+        returns the earlier message and writes nothing.
+        """
+
+    @abstractmethod
+    async def list_messages(
+        self,
+        owner: str,
+        session_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        roles: Sequence[Role] | None = None,
+    ) -> tuple[SessionRow, list[MessageRow], bool] | None:
+        """Messages with seq > after_seq, oldest first, and whether more follow; None if unknown."""
+
+    # idempotency ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def idem_claim(
+        self, principal: str, tool: str, key: str, params_hash: str, *, stale_after_ms: int
+    ) -> IdemRecord | None:
+        """Claim a key. Returns None when the caller now owns it (new, or stale and taken over);
+        otherwise the existing record, which the caller must not overwrite."""
+
+    @abstractmethod
+    async def idem_complete(self, principal: str, tool: str, key: str, result: str) -> None:
+        """Store the result of a claimed key."""
+
+    @abstractmethod
+    async def idem_release(self, principal: str, tool: str, key: str) -> None:
+        """Forget a pending claim after the call failed (so the caller may retry)."""
+
+    # change log -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def last_change(self) -> int:
+        """The newest change sequence number (0 when none)."""
+
+    @abstractmethod
+    async def changes_since(self, seq: int, *, limit: int = 1000) -> list[Change]:
+        """Changes after ``seq``, oldest first."""
+
+    @abstractmethod
+    async def external_write_seen(self) -> bool:
+        """Cheap check: did another connection commit since the last call? (may say True spuriously)"""
+
+    async def prune_changes(self, older_than_ms: int = 3_600_000) -> None:  # noqa: B027
+        """Drop old change-log rows (optional)."""
+
+    # diagnostics ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def describe(self) -> dict[str, Any]:
+        """Facts for ``doctor``: location, schema version, size, ..."""

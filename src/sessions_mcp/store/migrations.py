@@ -1,0 +1,67 @@
+"""Named schema migrations, applied in order and recorded in ``schema_migrations``.
+
+A name is never reused or edited once released; a new change is a new entry at the end.
+A database that records a name this list does not know was written by a newer version.
+The SQL is kept portable between SQLite and PostgreSQL where it matters (the PostgreSQL
+store keeps its own list with the same names).
+"""
+
+from __future__ import annotations
+
+SQLITE_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE sessions (
+            id            TEXT PRIMARY KEY,
+            owner         TEXT NOT NULL,
+            title         TEXT,
+            status        TEXT NOT NULL,
+            error         TEXT,
+            model         TEXT,
+            system        TEXT,
+            agent         TEXT,
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL,
+            last_seq      INTEGER NOT NULL DEFAULT 0,
+            message_count INTEGER NOT NULL DEFAULT 0,
+            dedupe_key    TEXT UNIQUE
+        );
+        CREATE INDEX sessions_by_owner ON sessions (owner, updated_at DESC, id DESC);
+        CREATE INDEX sessions_by_status ON sessions (status, updated_at DESC);
+
+        CREATE TABLE messages (
+            session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,
+            id          TEXT NOT NULL UNIQUE,
+            role        TEXT NOT NULL,
+            text        TEXT NOT NULL,
+            parts       TEXT NOT NULL,
+            created_at  INTEGER NOT NULL,
+            dedupe_key  TEXT UNIQUE,
+            PRIMARY KEY (session_id, seq)
+        );
+
+        CREATE TABLE changes (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id  TEXT NOT NULL,
+            owner       TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            writer      TEXT NOT NULL,
+            at          INTEGER NOT NULL
+        );
+
+        CREATE TABLE idempotency (
+            principal   TEXT NOT NULL,
+            tool        TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            params_hash TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            result      TEXT,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (principal, tool, key)
+        );
+        """,
+    ),
+]

@@ -1,0 +1,326 @@
+"""The eight session tools. Names, parameters and result fields are the public contract."""
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, ParamSpec
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from .errors import SessionsError
+from .models import Role, Session, Status
+from .principal import current_principal
+from .render import messages_text, session_line
+from .service import (
+    DEFAULT_MAX_CHARS,
+    CreateSessionResult,
+    DeleteResult,
+    ListMessagesResult,
+    ListSessionsResult,
+    SendMessageResult,
+    SessionService,
+)
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("sessions_mcp.audit")
+P = ParamSpec("P")
+
+SessionId = Annotated[
+    str, Field(description="Session id as returned by create_session/list_sessions, e.g. 'local:9f1c…'.")
+]
+Timeout = Annotated[float, Field(ge=0, le=600, description="Seconds to wait for a reply before returning.")]
+MaxChars = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=1_000_000,
+        description="Upper bound on the total message text returned; the rest is reachable by cursor.",
+    ),
+]
+IdemKey = Annotated[
+    str | None,
+    Field(description="Optional key: repeating a call with the same key returns the first result, creating nothing."),
+]
+
+
+def _result(model: BaseModel, text: str) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
+    )
+
+
+def _guard(
+    tool: str,
+) -> Callable[[Callable[P, Awaitable[CallToolResult]]], Callable[P, Awaitable[CallToolResult]]]:
+    """Turn our errors into model-readable tool errors and write one audit line per call."""
+
+    def deco(fn: Callable[P, Awaitable[CallToolResult]]) -> Callable[P, Awaitable[CallToolResult]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> CallToolResult:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                return await fn(*args, **kwargs)
+            except SessionsError as exc:
+                outcome = type(exc).__name__
+                raise ToolError(str(exc)) from None
+            except anyio.get_cancelled_exc_class():
+                outcome = "cancelled"
+                raise
+            except ToolError:
+                outcome = "ToolError"
+                raise
+            except Exception as exc:
+                outcome = f"internal:{type(exc).__name__}"
+                log.exception("tool %s failed", tool)
+                raise ToolError(
+                    f"internal error in sessions-mcp ({type(exc).__name__}); nothing was lost, the server log has "
+                    "details. Retry, and report it if it persists"
+                ) from None
+            finally:
+                if audit.isEnabledFor(logging.INFO):
+                    audit.info(
+                        json.dumps(
+                            {
+                                "event": "tool_call",
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "principal": current_principal(),
+                                "tool": tool,
+                                "session": kwargs.get("session_id"),
+                                "outcome": outcome,
+                                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                            }
+                        )
+                    )
+
+        return wrapper
+
+    return deco
+
+
+def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
+    meta = ctx.request_context.meta
+    if meta is None or getattr(meta, "progress_token", None) is None:
+        return None
+    count = 0
+
+    async def report(message: str) -> None:
+        nonlocal count
+        count += 1
+        await ctx.report_progress(count, None, message)
+
+    return report
+
+
+def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
+    """Add the eight tools to ``mcp``."""
+    names = ", ".join(service.backends)
+    backend_help = f"Backend for the new session: one of {names} (default {service.default_backend}). " + " ".join(
+        f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
+    )
+
+    def ann(*, read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations:
+        return ToolAnnotations(
+            read_only_hint=read_only,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent,
+            open_world_hint=open_world,
+        )
+
+    @mcp.tool(
+        name="create_session",
+        title="Create session",
+        annotations=ann(read_only=False, destructive=False, idempotent=False),
+    )
+    @_guard("create_session")
+    async def create_session(
+        ctx: Context,
+        prompt: Annotated[
+            str | None, Field(description="First user message (the task). Omit to create an idle session.")
+        ] = None,
+        title: Annotated[str | None, Field(description="Human-readable title.")] = None,
+        backend: Annotated[str | None, Field(description=backend_help)] = None,
+        model: Annotated[
+            str | None, Field(description="Model for the agent, where the backend lets you choose.")
+        ] = None,
+        system: Annotated[str | None, Field(description="System prompt, where the backend takes one.")] = None,
+        wait: Annotated[
+            bool | None,
+            Field(description="Wait for the reply. Default: yes when an agent is attached, no in the local mailbox."),
+        ] = None,
+        timeout_s: Timeout = 45,
+        idempotency_key: IdemKey = None,
+    ) -> Annotated[CallToolResult, CreateSessionResult]:
+        """Start a new agent session, optionally with a first prompt, and optionally wait for the reply.
+
+        Returns the session, the message(s) written and any reply, the session status and a cursor
+        for list_messages. On timeout the agent keeps working (status 'running'): follow it with
+        list_messages(after=cursor, wait_s=…). 'awaiting_reply' means no agent is attached and
+        another client must answer with send_message(role='assistant').
+        """
+        r = await service.create_session(
+            current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
+            wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx),
+        )  # fmt: skip
+        text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
+        if r.messages:
+            text += "\n\n" + messages_text(r.messages)
+        return _result(r, text)
+
+    @mcp.tool(
+        name="send_message",
+        title="Send message",
+        annotations=ann(read_only=False, destructive=False, idempotent=False),
+    )
+    @_guard("send_message")
+    async def send_message(
+        ctx: Context,
+        session_id: SessionId,
+        text: Annotated[str, Field(description="The message text.")],
+        role: Annotated[
+            Role,
+            Field(description="'user' asks the agent; 'assistant' answers a local mailbox session (agent-to-agent)."),
+        ] = "user",
+        wait: Annotated[
+            bool | None,
+            Field(description="Wait for the reply. Default: yes when an agent is attached. Ignored for 'assistant'."),
+        ] = None,
+        timeout_s: Timeout = 45,
+        idempotency_key: IdemKey = None,
+    ) -> Annotated[CallToolResult, SendMessageResult]:
+        """Send a message to a session and, for a user message, optionally wait for the reply.
+
+        Waiting never cancels work: on timeout the result has status 'running' and a cursor;
+        read the rest later with list_messages(after=cursor, wait_s=…). Only interrupt_session
+        stops a turn.
+        """
+        if role not in ("user", "assistant"):
+            raise ToolError("role must be 'user' or 'assistant'")
+        r = await service.send_message(
+            current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
+            idempotency_key=idempotency_key, progress=_progress(ctx),
+        )  # fmt: skip
+        out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
+        replies = r.messages[1:]
+        if replies:
+            out += "\n\n" + messages_text(replies)
+        elif r.status.value == "running":
+            out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
+        return _result(r, out)
+
+    @mcp.tool(
+        name="list_messages",
+        title="List messages",
+        annotations=ann(read_only=True, destructive=False, idempotent=True),
+    )
+    @_guard("list_messages")
+    async def list_messages(
+        ctx: Context,
+        session_id: SessionId,
+        after: Annotated[
+            str | None,
+            Field(description="Cursor from a previous result; only messages after it are returned."),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most messages to return.")] = 50,
+        roles: Annotated[list[Role] | None, Field(description="Only these roles.")] = None,
+        wait_s: Annotated[
+            float,
+            Field(ge=0, le=300, description="When nothing is new, wait up to this many seconds for a message."),
+        ] = 0,
+        max_chars: MaxChars = DEFAULT_MAX_CHARS,
+    ) -> Annotated[CallToolResult, ListMessagesResult]:
+        """Read a session's messages, oldest first, after a cursor; optionally long-poll for new ones.
+
+        Feed next_cursor back as `after` to read only what is new. Long messages are cut at
+        max_chars and continue on the next page.
+        """
+        r = await service.list_messages(
+            current_principal(), session_id=session_id, after=after, limit=limit, roles=roles, wait_s=wait_s,
+            max_chars=max_chars, progress=_progress(ctx),
+        )  # fmt: skip
+        head = f"{len(r.messages)} message(s); status: {r.status.value}; has_more: {r.has_more}; next_cursor: {r.next_cursor}"
+        return _result(r, head + ("\n\n" + messages_text(r.messages) if r.messages else ""))
+
+    @mcp.tool(
+        name="get_session",
+        title="Get session",
+        annotations=ann(read_only=True, destructive=False, idempotent=True),
+    )
+    @_guard("get_session")
+    async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
+        """Get one session: title, status (idle, running, awaiting_reply, failed), error, counts and URIs."""
+        s = await service.get_session(current_principal(), session_id)
+        return _result(s, session_line(s))
+
+    @mcp.tool(
+        name="list_sessions",
+        title="List sessions",
+        annotations=ann(read_only=True, destructive=False, idempotent=True),
+    )
+    @_guard("list_sessions")
+    async def list_sessions(
+        backend: Annotated[str | None, Field(description=f"Only this backend ({names}); default all.")] = None,
+        status: Annotated[
+            Status | list[Status] | None,
+            Field(description="Only sessions in this status (or these). 'awaiting_reply' is the mailbox inbox."),
+        ] = None,
+        query: Annotated[str | None, Field(description="Text to find in titles (or an exact id).")] = None,
+        cursor: Annotated[str | None, Field(description="next_cursor from a previous call.")] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most sessions per backend.")] = 20,
+    ) -> Annotated[CallToolResult, ListSessionsResult]:
+        """List your sessions, most recently updated first."""
+        statuses = [status] if isinstance(status, Status) else status
+        r = await service.list_sessions(
+            current_principal(), backend=backend, status=statuses, query=query, cursor=cursor, limit=limit
+        )
+        lines = [session_line(s) for s in r.sessions] or ["no sessions"]
+        if r.next_cursor:
+            lines.append(f"more: call list_sessions(cursor={r.next_cursor!r})")
+        return _result(r, "\n".join(lines))
+
+    @mcp.tool(
+        name="rename_session",
+        title="Rename session",
+        annotations=ann(read_only=False, destructive=False, idempotent=True),
+    )
+    @_guard("rename_session")
+    async def rename_session(
+        session_id: SessionId, title: Annotated[str, Field(description="The new title.")]
+    ) -> Annotated[CallToolResult, Session]:
+        """Set a session's title."""
+        s = await service.rename_session(current_principal(), session_id, title)
+        return _result(s, "renamed " + session_line(s))
+
+    @mcp.tool(
+        name="interrupt_session",
+        title="Interrupt session",
+        annotations=ann(read_only=False, destructive=False, idempotent=True),
+    )
+    @_guard("interrupt_session")
+    async def interrupt_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
+        """Stop the agent's current turn (the only way to stop one); the session stays usable.
+
+        In the local mailbox it withdraws the request for a reply.
+        """
+        s = await service.interrupt_session(current_principal(), session_id)
+        return _result(s, "interrupted " + session_line(s))
+
+    @mcp.tool(
+        name="delete_session",
+        title="Delete session",
+        annotations=ann(read_only=False, destructive=True, idempotent=True),
+    )
+    @_guard("delete_session")
+    async def delete_session(session_id: SessionId) -> Annotated[CallToolResult, DeleteResult]:
+        """Delete a session and its messages for good."""
+        r = await service.delete_session(current_principal(), session_id)
+        return _result(r, f"deleted {r.session_id}")
+
+    del create_session, send_message, list_messages, get_session, list_sessions
+    del rename_session, interrupt_session, delete_session

@@ -1,0 +1,80 @@
+"""Shared fixtures: isolated settings, servers and real MCP clients in both protocol eras."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from sessions_mcp.server import build_server
+from sessions_mcp.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ERAS = ["auto", "legacy"]  # auto negotiates 2026-07-28; legacy is the 2025-11-25 handshake
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's configuration or writes to their data dir."""
+    for key in list(os.environ):
+        if key.startswith("SESSIONS_MCP_") or key in ("FACTORY_API_KEY", "OPENAI_API_KEY"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "sessions.db"
+
+
+@pytest.fixture
+def make_settings(db_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        local = overrides.pop("local", {})
+        local.setdefault("db", str(db_path))
+        return load_settings(None, local=local, **overrides)
+
+    return make
+
+
+def client_for(mcp: Any, era: str, **kwargs: Any) -> Client:
+    return Client(mcp, mode=era, raise_exceptions=era != "legacy", **kwargs)
+
+
+@pytest.fixture(params=ERAS)
+def era(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings], era: str) -> AsyncIterator[Client]:
+    async with client_for(build_server(make_settings()), era) as c:
+        yield c
+
+
+def server_env(db: Path | str, **extra: str) -> dict[str, str]:
+    """Environment for a `sessions-mcp` subprocess (the SDK passes only a safe whitelist)."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "SESSIONS_MCP_LOCAL__DB": str(db),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def server_command() -> list[str]:
+    """How to start the installed server as a subprocess."""
+    return [sys.executable, "-m", "sessions_mcp"]
