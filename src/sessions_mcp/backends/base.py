@@ -20,6 +20,7 @@ from typing import ClassVar
 import anyio
 from anyio.abc import TaskGroup
 
+from ..diagnostics import Check
 from ..models import (
     BackendInfo,
     Capabilities,
@@ -93,6 +94,13 @@ class SessionBackend(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release everything :meth:`start` acquired."""
+
+    async def diagnose(self) -> list[Check]:
+        """Checks for ``sessions-mcp doctor``: configuration, credentials, reachability.
+
+        Must not raise; a failure is a ``Check`` with level ``"fail"`` and a fix.
+        """
+        return [Check(self.name, "ok", "no checks implemented")]
 
     def agent_attached(self, session: SessionRecord) -> bool:
         """Whether something is bound to answer user turns in this session (``wait`` defaults on)."""
