@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_config_dir, user_data_dir
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -111,12 +112,16 @@ class HttpSettings(BaseModel):
     jwks_url: str = ""
     jwt_issuer: str = ""
     jwt_audience: str = ""
-    allowed_hosts: list[str] = Field(default_factory=list[str])
-    allowed_origins: list[str] = Field(default_factory=list[str])
+    # NoDecode: environment values are comma lists, not JSON (split by the validator below).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list[str])
+    required_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str], description="Scopes every JWT must carry (403 insufficient_scope otherwise)."
+    )
     public_url: str = Field(default="", description="External URL of /mcp, for OAuth metadata.")
     max_body_bytes: int = Field(default=1_048_576, gt=0)
 
-    _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)
+    _split_hosts = field_validator("allowed_hosts", "allowed_origins", "required_scopes", mode="before")(_split_csv)
 
 
 class Settings(BaseSettings):
@@ -129,7 +134,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    backends: list[str] = Field(default_factory=lambda: ["local"], description="Enabled backends; first is default.")
+    backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["local"], description="Enabled backends; first is default."
+    )
     log_level: str = "WARNING"
     local: LocalSettings = Field(default_factory=LocalSettings)
     factory: FactorySettings = Field(default_factory=FactorySettings)
