@@ -230,3 +230,89 @@ class Store(ABC):
     @abstractmethod
     async def describe(self) -> dict[str, Any]:
         """Facts for ``doctor``: location, schema version, size, ..."""
+
+    # agent turns ------------------------------------------------------------------------------
+    #
+    # A turn is "run the agent for the user messages of a session up to seq N". At most one
+    # turn per session is claimed at a time, by one runner (a random id per process), under a
+    # lease the runner renews; a finished turn records N as done so nobody runs it again.
+
+    @abstractmethod
+    async def turn_claim(
+        self, owner: str, session_id: str, *, upto_seq: int, runner: str, pid: int, host: str, lease_ms: int
+    ) -> bool:
+        """Claim the turn that answers the session's messages up to ``upto_seq``, in one transaction.
+
+        True when ``runner`` now holds it (lease until now + ``lease_ms``). False, writing
+        nothing, when the session is unknown to ``owner``, when any runner (this one included)
+        holds a live claim on the session, or when a finished turn already answered up to
+        ``upto_seq`` or later. A claim whose holder is dead (see :func:`claim_is_dead`) is taken over.
+        """
+
+    @abstractmethod
+    async def turn_heartbeat(self, runner: str, session_ids: Sequence[str], *, lease_ms: int) -> list[str]:
+        """Extend the leases ``runner`` holds on these sessions to now + ``lease_ms``.
+
+        Returns the ids whose claim ``runner`` still holds *and* whose session status is still
+        ``running``; the runner stops every other turn (interrupted or recovered elsewhere).
+        """
+
+    @abstractmethod
+    async def turn_release(self, session_id: str, *, runner: str) -> int:
+        """End ``runner``'s claim on the session, recording its ``upto_seq`` as done.
+
+        Returns the seq of the session's newest user message (0 when it has none or is gone),
+        so the runner can tell whether a message arrived during the turn and claim the next one.
+        Releasing a claim that ``runner`` does not hold changes nothing.
+        """
+
+    @abstractmethod
+    async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
+        """Fail the turns whose runner died, in one transaction.
+
+        A claim is dead when :func:`claim_is_dead` says so (lease expired, or held on ``host``
+        by a process id that no longer exists). Each dead claim is released (its turn recorded
+        as done, never run again) and, when its session is still ``running``, the session
+        becomes ``failed`` with ``error`` and a ``status`` change is logged. Returns the
+        ``(session_id, owner)`` of the sessions it failed. :meth:`open` calls it once with
+        :func:`this_host` and :data:`TURN_LOST`, so a turn cut off by a crash is failed the next
+        time any process opens the database; agent runners also call it periodically.
+        """
+
+
+TURN_LOST = (
+    "the agent turn was cut off: the sessions-mcp process running it stopped before it finished; "
+    "send the message again to retry"
+)
+"""The ``error`` of a session whose turn died with its process."""
+
+
+def this_host() -> str:
+    """This machine's name, as recorded with a turn claim (process ids are only meaningful here)."""
+    import socket
+
+    return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    import os
+
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+def claim_is_dead(*, claim_host: str | None, claim_pid: int | None, lease_until: int, host: str, now: int) -> bool:
+    """Whether a turn claim's holder is gone: its lease ran out, or it ran on ``host`` and its process is gone."""
+    if lease_until < now:
+        return True
+    return claim_host == host and claim_pid is not None and not pid_alive(claim_pid)

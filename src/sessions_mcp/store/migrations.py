@@ -64,4 +64,23 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0002_agent_turns",
+        # One row per session that an agent has answered: who runs its turn now (runner, pid,
+        # host, lease) and the newest user message a finished turn answered (done_seq).
+        """
+        CREATE TABLE agent_turns (
+            session_id  TEXT PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+            owner       TEXT NOT NULL,
+            done_seq    INTEGER NOT NULL DEFAULT 0,
+            upto_seq    INTEGER NOT NULL DEFAULT 0,
+            runner      TEXT,
+            pid         INTEGER,
+            host        TEXT,
+            lease_until INTEGER NOT NULL DEFAULT 0,
+            started_at  INTEGER
+        );
+        CREATE INDEX agent_turns_by_runner ON agent_turns (runner)
+        """,
+    ),
 ]

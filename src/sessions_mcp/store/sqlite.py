@@ -28,7 +28,18 @@ import anyio.to_thread
 from ..errors import SchemaTooNew, StoreBusy, StoreUnavailable
 from ..ids import new_message_id, new_native_id
 from ..models import Role, Status
-from .base import Change, IdemRecord, MessageRow, SessionRow, Store, new_writer_id, now_ms
+from .base import (
+    TURN_LOST,
+    Change,
+    IdemRecord,
+    MessageRow,
+    SessionRow,
+    Store,
+    claim_is_dead,
+    new_writer_id,
+    now_ms,
+    this_host,
+)
 from .migrations import SQLITE_MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -119,6 +130,7 @@ class SqliteStore(Store):
                 if str(mode).lower() != "wal":
                     log.warning("could not switch %s to WAL (journal_mode=%s)", self.path, mode)
                 self._migrate(writer)
+                self._recover_on_open(writer)
                 reader = self._connect()
                 reader.execute("PRAGMA query_only = ON")
             except sqlite3.DatabaseError as exc:
@@ -171,6 +183,16 @@ class SqliteStore(Store):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _recover_on_open(self, conn: sqlite3.Connection) -> None:
+        # a turn whose process died (kill -9, power loss) must not stay "running" forever
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._recover_turns(conn, this_host(), TURN_LOST)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._open_sync)
@@ -585,3 +607,98 @@ class SqliteStore(Store):
             return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
         finally:
             conn.close()
+
+    # agent turns ----------------------------------------------------------------------------
+
+    async def turn_claim(
+        self, owner: str, session_id: str, *, upto_seq: int, runner: str, pid: int, host: str, lease_ms: int
+    ) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            known = conn.execute("SELECT 1 FROM sessions WHERE id = ? AND owner = ?", (session_id, owner))
+            if known.fetchone() is None:
+                return False
+            ts = now_ms()
+            row = conn.execute(
+                "SELECT done_seq, runner, pid, host, lease_until FROM agent_turns WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is not None:
+                done_seq, holder, claim_pid, claim_host, lease_until = row
+                if holder is not None and not claim_is_dead(
+                    claim_host=claim_host, claim_pid=claim_pid, lease_until=lease_until, host=host, now=ts
+                ):
+                    return False
+                if done_seq >= upto_seq:
+                    return False
+            conn.execute(
+                "INSERT INTO agent_turns (session_id, owner, upto_seq, runner, pid, host, lease_until, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET upto_seq = excluded.upto_seq,"
+                " runner = excluded.runner, pid = excluded.pid, host = excluded.host,"
+                " lease_until = excluded.lease_until, started_at = excluded.started_at",
+                (session_id, owner, upto_seq, runner, pid, host, ts + lease_ms, ts),
+            )
+            return True
+
+        return await self._write(tx)
+
+    async def turn_heartbeat(self, runner: str, session_ids: Sequence[str], *, lease_ms: int) -> list[str]:
+        ids = list(session_ids)
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                f"UPDATE agent_turns SET lease_until = ? WHERE runner = ? AND session_id IN ({marks})",
+                (now_ms() + lease_ms, runner, *ids),
+            )
+            rows = conn.execute(
+                "SELECT t.session_id FROM agent_turns t JOIN sessions s ON s.id = t.session_id"
+                f" WHERE t.runner = ? AND s.status = ? AND t.session_id IN ({marks})",
+                (runner, Status.RUNNING.value, *ids),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._write(tx)
+
+    async def turn_release(self, session_id: str, *, runner: str) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "UPDATE agent_turns SET done_seq = max(done_seq, upto_seq), runner = NULL, pid = NULL, host = NULL,"
+                " lease_until = 0 WHERE session_id = ? AND runner = ?",
+                (session_id, runner),
+            )
+            row = conn.execute(
+                "SELECT max(seq) FROM messages WHERE session_id = ? AND role = 'user'", (session_id,)
+            ).fetchone()
+            return int(row[0] or 0)
+
+        return await self._write(tx)
+
+    def _recover_turns(self, conn: sqlite3.Connection, host: str, error: str) -> list[tuple[str, str]]:
+        ts = now_ms()
+        failed: list[tuple[str, str]] = []
+        rows = conn.execute(
+            "SELECT session_id, owner, pid, host, lease_until FROM agent_turns WHERE runner IS NOT NULL"
+        ).fetchall()
+        for session_id, owner, claim_pid, claim_host, lease_until in rows:
+            if not claim_is_dead(
+                claim_host=claim_host, claim_pid=claim_pid, lease_until=lease_until, host=host, now=ts
+            ):
+                continue
+            conn.execute(
+                "UPDATE agent_turns SET done_seq = max(done_seq, upto_seq), runner = NULL, pid = NULL, host = NULL,"
+                " lease_until = 0 WHERE session_id = ?",
+                (session_id,),
+            )
+            cur = conn.execute(
+                "UPDATE sessions SET status = ?, error = ?, updated_at = max(updated_at, ?) WHERE id = ? AND status = ?",
+                (Status.FAILED.value, error, ts, session_id, Status.RUNNING.value),
+            )
+            if cur.rowcount:
+                self._log_change(conn, session_id, owner, "status")
+                failed.append((session_id, owner))
+                log.warning("agent turn of local session %s was cut off by a dead process; marked failed", session_id)
+        return failed
+
+    async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
+        return await self._write(lambda conn: self._recover_turns(conn, host, error))
