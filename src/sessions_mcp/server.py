@@ -131,4 +131,5 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     register_prompts(mcp, rt.service)
     notifier.install(mcp)
     rt.notifier = notifier
+    rt.service.on_remote_change = notifier.publish_session
     return mcp

@@ -99,6 +99,17 @@ class SessionService:
         self.backends = backends
         self.default_backend = next(iter(backends))
         self.store = store
+        self.on_remote_change: Callable[..., Awaitable[None]] | None = None
+        """Called with a :class:`Handle` when a remote session is seen to change (notifications)."""
+
+    async def _touched(self, be: SessionBackend, native_id: str) -> None:
+        """Report a change to a session of a backend without its own change feed."""
+        if self.on_remote_change is None or getattr(be, "feed", None) is not None:
+            return
+        try:
+            await self.on_remote_change(Handle(be.name, native_id), owner=None)
+        except Exception:
+            log.debug("change notification failed", exc_info=True)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -283,6 +294,7 @@ class SessionService:
                 )
             )
             sid = str(Handle(be.name, created.session.native_id))
+            await self._touched(be, created.session.native_id)
             msgs, cursor, _ = self.fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
             return CreateSessionResult(
                 session=self.session(be.name, created.session),
@@ -328,6 +340,7 @@ class SessionService:
 
         async def write(dedupe: str | None) -> SendMessageResult:
             msg = await be.send_message(principal, h.native_id, text, role, dedupe_key=dedupe)
+            await self._touched(be, h.native_id)
             rec = await be.get_session(principal, h.native_id)
             sid = str(h)
             msgs, cursor, _ = self.fit(sid, [msg], start=None, offset=0, max_chars=max_chars)
@@ -399,9 +412,13 @@ class SessionService:
                 last_progress = time.monotonic()
                 await progress("".join(streamed)[-2000:])
 
+        seen: tuple[int, Status] | None = None
         async with be.watch(principal, native, progress=on_delta) as watch:
             while True:
                 page = await be.list_messages(principal, native, after=position, limit=200)
+                if seen is not None and seen != (len(page.items), page.status):
+                    await self._touched(be, native)
+                seen = (len(page.items), page.status)
                 replies = [m for m in page.items if m.role != "user"]
                 if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
                     return page.items, page.status
@@ -508,14 +525,18 @@ class SessionService:
             raise InvalidArgument("title is longer than 500 characters")
         if not be.capabilities.rename:
             raise Unsupported(be.name, "rename sessions")
-        return self.session(be.name, await be.rename_session(principal, h.native_id, title.strip()))
+        rec = await be.rename_session(principal, h.native_id, title.strip())
+        await self._touched(be, h.native_id)
+        return self.session(be.name, rec)
 
     async def interrupt_session(self, principal: str, session_id: str) -> Session:
         """Stop the current turn."""
         h, be = self.handle(session_id)
         if not be.capabilities.interrupt:
             raise Unsupported(be.name, "interrupt a running turn", "wait for it, or send a new message")
-        return self.session(be.name, await be.interrupt_session(principal, h.native_id))
+        rec = await be.interrupt_session(principal, h.native_id)
+        await self._touched(be, h.native_id)
+        return self.session(be.name, rec)
 
     async def delete_session(self, principal: str, session_id: str) -> DeleteResult:
         """Delete a session."""
@@ -523,4 +544,5 @@ class SessionService:
         if not be.capabilities.delete:
             raise Unsupported(be.name, "delete sessions")
         await be.delete_session(principal, h.native_id)
+        await self._touched(be, h.native_id)
         return DeleteResult(session_id=str(h))

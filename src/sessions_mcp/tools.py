@@ -104,10 +104,8 @@ def _guard(
     return deco
 
 
-def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
-    meta = ctx.request_context.meta
-    if meta is None or getattr(meta, "progress_token", None) is None:
-        return None
+def _progress(ctx: Context) -> Callable[[str], Awaitable[None]]:
+    """Progress reporter for this call (the SDK sends nothing when the caller asked for none)."""
     count = 0
 
     async def report(message: str) -> None:
