@@ -130,6 +130,25 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     register_resources(mcp, rt.service)
     register_prompts(mcp, rt.service)
     notifier.install(mcp)
+    _accept_log_level(mcp)
     rt.notifier = notifier
     rt.service.on_remote_change = notifier.publish_session
     return mcp
+
+
+def _accept_log_level(mcp: MCPServer) -> None:
+    """Answer 2025-era ``logging/setLevel`` (and so advertise the logging capability).
+
+    ``MCPServer`` has no public hook for it; without one, clients that set a level first
+    (the Inspector, the conformance suite) get -32601. We send no log notifications, so
+    the level needs no storing.
+    """
+    from mcp.server import ServerRequestContext
+    from mcp.types import EmptyResult, SetLevelRequestParams
+
+    async def on_set_level(ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams) -> EmptyResult:
+        del ctx, params
+        return EmptyResult()
+
+    low = mcp._lowlevel_server  # pyright: ignore[reportPrivateUsage]
+    low.add_request_handler("logging/setLevel", SetLevelRequestParams, on_set_level)
