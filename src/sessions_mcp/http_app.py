@@ -1,0 +1,400 @@
+"""The HTTP server: streamable HTTP at ``/mcp`` and legacy SSE at ``/sse`` + ``/messages/`` on one port.
+
+Both protocol eras are served on both endpoints (the SDK does that). Security that cannot be
+switched off by accident:
+
+- DNS-rebinding protection is always configured explicitly (never the SDK's implicit default,
+  which is *off* for anything but a loopback ``host``), both inside the SDK transports and in an
+  outer guard that covers every route except ``/healthz``;
+- a non-loopback bind address is refused unless authentication is configured;
+- request bodies are limited to ``SESSIONS_MCP_HTTP__MAX_BODY_BYTES``; tokens in the query string
+  are refused.
+
+The :class:`~sessions_mcp.server.Runtime` is entered once for the whole app from the ASGI lifespan
+(the SDK enters the MCP lifespan once per SSE connection; the runtime is reference-counted).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import __version__
+from .auth import AuthConfig, build_auth
+from .errors import ConfigError
+from .settings import HttpSettings, Settings
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+MESSAGES_PATH = "/messages/"
+HEALTH_PATH = "/healthz"
+SHUTDOWN_GRACE_S = 30.0
+"""How long a shutdown waits for requests in flight before closing the remaining streams."""
+
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only exposes the server to this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(http: HttpSettings) -> TransportSecuritySettings:
+    """The Host/Origin allow-lists for these settings, always with protection on.
+
+    Loopback names are allowed with any port and without one (a proxy on port 80 sends
+    ``Host: localhost``); ``allowed_hosts``/``allowed_origins`` add to them; a concrete
+    (not wildcard) bind address is allowed as a Host too.
+    """
+    hosts: list[str] = []
+    for name in LOOPBACK_HOSTS:
+        hosts += [f"{name}:*", name]
+    origins = [
+        f"{scheme}://{name}{port}" for name in LOOPBACK_HOSTS for scheme in ("http", "https") for port in (":*", "")
+    ]
+    bind = http.host.strip()
+    if bind and bind not in ("0.0.0.0", "::", "[::]") and not is_loopback(bind):  # noqa: S104
+        literal = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+        hosts += [f"{literal}:*", literal]
+    hosts += http.allowed_hosts
+    origins += http.allowed_origins
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=list(dict.fromkeys(hosts)),
+        allowed_origins=list(dict.fromkeys(origins)),
+    )
+
+
+def check_bind(http: HttpSettings, auth: AuthConfig | None) -> None:
+    """Refuse to expose an unauthenticated server beyond this machine."""
+    if auth is None and not is_loopback(http.host):
+        raise ConfigError(
+            f"refusing to serve on {http.host!r} without authentication: anyone who can reach it could read and "
+            "drive every session. Configure SESSIONS_MCP_HTTP__TOKENS (principal=token,...) or "
+            "SESSIONS_MCP_HTTP__TOKENS_FILE, or JWT verification (SESSIONS_MCP_HTTP__JWT_PUBLIC_KEY or "
+            "SESSIONS_MCP_HTTP__JWKS_URL with __JWT_ISSUER and __JWT_AUDIENCE), or bind 127.0.0.1"
+        )
+
+
+class Guard:
+    """Outer ASGI middleware: Host/Origin, no tokens in the URL, declared body size.
+
+    The SDK transports check Host/Origin too; this guard makes the same rules hold for every
+    route (OAuth metadata included) and answers before authentication, so a rebinding attempt
+    gets 421/403 whether or not it carries a token. ``/healthz`` is exempt (probes use IPs).
+    """
+
+    def __init__(self, app: ASGIApp, *, security: TransportSecuritySettings, max_body_bytes: int) -> None:
+        self.app = app
+        self.checker = TransportSecurityMiddleware(security)
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == HEALTH_PATH:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refused = await self.checker.validate_request(request, is_post=False)
+        if refused is None and _token_in_query(scope):
+            refused = JSONResponse(
+                {"error": "invalid_request", "error_description": "send the token in the Authorization header"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+            )
+        if refused is None:
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                refused = Response(f"request body larger than {self.max_body_bytes} bytes", status_code=413)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _token_in_query(scope: Scope) -> bool:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return any(key.lower() in ("access_token", "token") for key, _ in parse_qsl(query, keep_blank_values=True))
+
+
+@dataclass
+class InFlight:
+    """Counts MCP requests being handled (long-lived listen streams excepted), for graceful shutdown."""
+
+    count: int = 0
+    idle: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """Server middleware: count the request while it runs."""
+        if ctx.request_id is None or ctx.method == "subscriptions/listen":
+            return await call_next(ctx)
+        self.count += 1
+        if self.count == 1:
+            self.idle = anyio.Event()
+        try:
+            return await call_next(ctx)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self.idle.set()
+
+
+@dataclass
+class HttpApp:
+    """The assembled ASGI app and what tests and :func:`serve_http` need to reach."""
+
+    app: ASGIApp
+    starlette: Starlette
+    mcp: MCPServer
+    runtime: Any
+    auth: AuthConfig | None
+    security: TransportSecuritySettings
+    in_flight: InFlight
+
+
+def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
+    """Build the HTTP app for ``settings`` (not yet serving). Raises :class:`ConfigError`."""
+    from .server import Runtime, build_server
+
+    http = settings.http
+    auth = build_auth(http)
+    check_bind(http, auth)
+    security = transport_security(http)
+    rt = runtime or Runtime(settings)
+    mcp_kwargs: dict[str, Any] = {}
+    if auth is not None:
+        mcp_kwargs = {"token_verifier": auth.verifier, "auth": auth.settings}
+    mcp = build_server(settings, runtime=rt, **mcp_kwargs)
+    in_flight = InFlight()
+    mcp.middleware.append(in_flight)
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__, "in_flight": in_flight.count})
+
+    streamable = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        stateless_http=http.stateless,
+        max_request_body_size=http.max_body_bytes,
+        transport_security=security,
+        host=http.host,
+    )
+    sse = mcp.sse_app(
+        sse_path=SSE_PATH,
+        message_path=MESSAGES_PATH,
+        max_request_body_size=http.max_body_bytes,
+        transport_security=security,
+        host=http.host,
+    )
+    routes: list[BaseRoute] = [Route(HEALTH_PATH, health, methods=["GET"])]
+    routes += _unique(streamable.routes, sse.routes)
+    middleware = list(streamable.user_middleware)
+    if auth is not None and not middleware:  # never serve a token-protected route without the auth middleware
+        raise RuntimeError("the SDK built no authentication middleware although a token verifier is configured")
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncGenerator[None, None]:
+        async with rt.running(), mcp.session_manager.run():
+            yield
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    guarded = Guard(app, security=security, max_body_bytes=http.max_body_bytes)
+    return HttpApp(app=guarded, starlette=app, mcp=mcp, runtime=rt, auth=auth, security=security, in_flight=in_flight)
+
+
+def _unique(*route_lists: Iterable[BaseRoute]) -> list[BaseRoute]:
+    seen: set[str] = set()
+    out: list[BaseRoute] = []
+    for routes in route_lists:
+        for route in routes:
+            path = str(getattr(route, "path", id(route)))
+            if path not in seen:
+                seen.add(path)
+                out.append(route)
+    return out
+
+
+# ---------------------------------------------------------------------------- logging
+
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_QUERY_TOKEN = re.compile(r"(?i)\b((?:access_)?token=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Replace known secrets, bearer tokens and URL tokens in every record with ``[redacted]``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced."""
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        text = _BEARER.sub(r"\1[redacted]", text)
+        return _QUERY_TOKEN.sub(r"\1[redacted]", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message (and traceback text) in place; never drops records."""
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = self.redact(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def configure_http_logging(secrets: Iterable[str] = ()) -> None:
+    """Audit lines (one JSON object per tool call) to stderr, and secret redaction on every handler."""
+    redactor = RedactSecrets(secrets)
+    audit = logging.getLogger("sessions_mcp.audit")
+    audit.setLevel(logging.INFO)
+    if not any(getattr(h, "_sessions_mcp_audit", False) for h in audit.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))  # the message is already a JSON object
+        handler._sessions_mcp_audit = True  # type: ignore[attr-defined]
+        audit.addHandler(handler)
+    audit.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in [*root.handlers, *audit.handlers]:
+        for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
+            handler.removeFilter(old)
+        handler.addFilter(redactor)
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+class _Server:
+    """uvicorn with a graceful drain: stop accepting, finish requests in flight, then close streams."""
+
+    def __init__(self, built: HttpApp, http: HttpSettings, *, log_level: str) -> None:
+        import uvicorn
+
+        self.built = built
+        config = uvicorn.Config(
+            built.app,
+            host=http.host.strip("[]"),
+            port=http.port,
+            log_level=log_level.lower(),
+            access_log=log_level.upper() == "DEBUG",
+            lifespan="on",
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 5,
+            server_header=False,
+            proxy_headers=False,
+        )
+        outer = self
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # no re-raise of the signal after serve(): a drained shutdown exits 0
+                if self.should_exit:
+                    self.force_exit = True
+                self.should_exit = True
+
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                outer.announce(self)
+
+            async def shutdown(self, sockets: Any = None) -> None:
+                import asyncio
+
+                drain = asyncio.ensure_future(outer.drain())
+                try:
+                    await super().shutdown(sockets)
+                finally:
+                    drain.cancel()
+
+        self.server = Server(config)
+
+    def announce(self, server: Any) -> None:
+        """One line on stderr with the bound address (the port may have been 0)."""
+        for listener in getattr(server, "servers", []):
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in str(host) else host
+                print(f"sessions-mcp: serving streamable HTTP at http://{shown}:{port}{MCP_PATH} and SSE at "
+                      f"http://{shown}:{port}{SSE_PATH}", file=sys.stderr, flush=True)  # fmt: skip
+                return
+
+    async def drain(self) -> None:
+        """Wait for requests in flight (bounded), then end the SSE streams so connections can close."""
+        from sse_starlette.sse import AppStatus
+
+        started = time.monotonic()
+        with anyio.move_on_after(SHUTDOWN_GRACE_S):
+            await self.built.in_flight.idle.wait()
+        waited = time.monotonic() - started
+        if self.built.in_flight.count:
+            log.warning(
+                "shutdown: %d request(s) still running after %.0f s; closing", self.built.in_flight.count, waited
+            )
+        AppStatus.should_exit = True
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM."""
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.disable_automatic_graceful_drain()  # we end streams ourselves after the drain
+        self.server.run()
+
+
+def serve_http(settings: Settings) -> int:
+    """Serve MCP over streamable HTTP and SSE until interrupted; the exit status."""
+    built = create_app(settings)
+    configure_http_logging(built.auth.static_tokens if built.auth else ())
+    if built.auth is None:
+        log.info("no HTTP authentication configured; serving loopback only")
+    _Server(built, settings.http, log_level=settings.log_level).run()
+    return 0
+
+
+def audit_record(line: str) -> dict[str, Any] | None:
+    """Parse one stderr line as an audit record (``None`` if it is not one). For tests and log tooling."""
+    try:
+        data: Any = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    record = cast(dict[str, Any], data)
+    return record if record.get("event") == "tool_call" else None
+
+
+__all__ = ["HttpApp", "create_app", "is_loopback", "serve_http", "transport_security"]
