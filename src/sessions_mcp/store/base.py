@@ -308,7 +308,11 @@ def pid_alive(pid: int) -> bool:
         return True  # exists, owned by someone else
     except OSError:
         return False
-    return True
+    try:  # a killed process its parent has not reaped yet still answers kill(0): a zombie
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
 
 
 def claim_is_dead(*, claim_host: str | None, claim_pid: int | None, lease_until: int, host: str, now: int) -> bool:
