@@ -27,6 +27,20 @@ examples:
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples, but wraps lines wider than the terminal."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n".join(
+            textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            if len(indent + line) > width
+            else indent + line
+            for line in text.splitlines()
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sessions-mcp",
@@ -51,21 +65,47 @@ def _parser() -> argparse.ArgumentParser:
     for action in common._actions:  # share the common flags with the top level
         p._add_action(action)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="serve MCP (the default)")
-    sub.add_parser("doctor", parents=[common], help="check configuration, the store and every backend",
-                   description="Check configuration, the local store and every enabled backend; exits 1 "
-                   "when something is broken and says what to do.")  # fmt: skip
-    ls = sub.add_parser("ls", parents=[common], help="list sessions with status and age")
-    ls.add_argument("--backend", help="only this backend")
-    ls.add_argument("--status", help="only this status (idle, running, awaiting_reply, failed)")
-    ls.add_argument("--limit", type=int, default=20)
-    ls.add_argument("--principal", default=None, help="owner of the sessions (default: local)")
-    show = sub.add_parser("show", parents=[common], help="print a session's transcript")
-    show.add_argument("session_id")
-    show.add_argument("--principal", default=None)
-    tail = sub.add_parser("tail", parents=[common], help="follow a live session until Ctrl-C")
-    tail.add_argument("session_id")
-    tail.add_argument("--principal", default=None)
+    raw = _HelpFormatter
+    sub.add_parser("serve", parents=[common], formatter_class=raw, help="serve MCP (the default)",
+                   description="Serve MCP. With no flags: stdio, the local backend, a SQLite store in the user "
+                   "data dir; nothing to configure.\nHTTP: sessions-mcp --transport http --port 8765 "
+                   "(/mcp and /sse on one port).")  # fmt: skip
+    sub.add_parser("doctor", parents=[common], formatter_class=raw,
+                   help="check configuration, the store and every backend",
+                   description="Check the configuration, the local store (path, permissions, schema version, "
+                   "integrity, size, WAL size, locks) and every enabled backend (keys, reachability).\n"
+                   "Prints ok / warn / FAIL with what to do; exits 1 when something is broken, 0 otherwise. "
+                   "Never prints secrets.",
+                   epilog="examples:\n  sessions-mcp doctor\n  sessions-mcp doctor --backends local,factory\n"
+                   "  SESSIONS_MCP_LOCAL__DB=/path/other.db sessions-mcp doctor")  # fmt: skip
+    principal_help = ("owner of the sessions (default: local, the owner of everything made over stdio; "
+                      "over HTTP it is the token's principal)")  # fmt: skip
+    ls = sub.add_parser("ls", parents=[common], formatter_class=raw, help="list sessions with status and age",
+                        description="List sessions, most recently updated first, on every enabled backend "
+                        "(or --backend).",
+                        epilog="examples:\n  sessions-mcp ls\n  sessions-mcp ls --status awaiting_reply   "
+                        "# the mailbox inbox\n  sessions-mcp ls --backends local,factory --backend factory")  # fmt: skip
+    ls.add_argument("--backend", help="only this backend (must be enabled: --backends / SESSIONS_MCP_BACKENDS)")
+    ls.add_argument("--status", help="only these statuses, comma list: idle, running, awaiting_reply, failed")
+    ls.add_argument("--query", help="only sessions whose title contains this text")
+    ls.add_argument("--limit", type=int, default=20, help="how many sessions (1-200, default 20)")
+    ls.add_argument("--principal", default=None, help=principal_help)
+    show = sub.add_parser("show", parents=[common], formatter_class=raw, help="print a session's transcript",
+                          description="Print a session's whole transcript: who said what and when, tool calls "
+                          "and results.",
+                          epilog="example:\n  sessions-mcp show local:9f1cXyZ...   # ids come from 'sessions-mcp "
+                          "ls'")  # fmt: skip
+    show.add_argument("session_id", help="a session id such as local:9f1c... (see 'sessions-mcp ls')")
+    show.add_argument("--principal", default=None, help=principal_help)
+    tail = sub.add_parser("tail", parents=[common], formatter_class=raw, help="follow a live session until Ctrl-C",
+                          description="Print the last messages of a session, then every new message and status "
+                          "change as it happens (also those written by other processes) until Ctrl-C. Looking "
+                          "never starts or stops an agent.",
+                          epilog="example:\n  sessions-mcp tail local:9f1cXyZ... -n 3")  # fmt: skip
+    tail.add_argument("session_id", help="a session id such as local:9f1c... (see 'sessions-mcp ls')")
+    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
+                      help="how many earlier messages to print first (default 10; 0 for none)")  # fmt: skip
+    tail.add_argument("--principal", default=None, help=principal_help)
     db = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
