@@ -271,8 +271,12 @@ class SessionService:
         idempotency_key: str | None,
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
+        agent: str | None = None,
     ) -> CreateSessionResult:
-        """Create a session, optionally send the first prompt and wait for the reply."""
+        """Create a session, optionally send the first prompt and wait for the reply.
+
+        ``agent`` picks what answers a local session's user turns (``none``, ``command``, ``openai``).
+        """
         be = self.backend_named(backend)
         if prompt is not None:
             _check_text(prompt, "prompt")
@@ -281,6 +285,10 @@ class SessionService:
         if system is not None and not be.capabilities.system_prompt:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
+        if agent is not None:
+            if be.name != "local":
+                raise Unsupported(be.name, "choose the agent of a session", "leave agent empty")
+            params["agent"] = agent
 
         async def write(dedupe: str | None) -> CreateSessionResult:
             created = await be.create_session(
@@ -290,6 +298,7 @@ class SessionService:
                     title=title,
                     model=model,
                     system=system,
+                    agent=agent,
                     dedupe_key=dedupe,
                 )
             )

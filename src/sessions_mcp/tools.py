@@ -148,6 +148,13 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             str | None, Field(description="Model for the agent, where the backend lets you choose.")
         ] = None,
         system: Annotated[str | None, Field(description="System prompt, where the backend takes one.")] = None,
+        agent: Annotated[
+            str | None,
+            Field(
+                description="Local sessions only: what answers user turns. 'none' (the mailbox: another client "
+                "answers), or 'command' / 'openai' when this server configures them. Default: the server's choice."
+            ),
+        ] = None,
         wait: Annotated[
             bool | None,
             Field(description="Wait for the reply. Default: yes when an agent is attached, no in the local mailbox."),
@@ -164,7 +171,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         """
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
-            wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx),
+            wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
         )  # fmt: skip
         text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
         if r.messages:

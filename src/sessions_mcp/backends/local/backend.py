@@ -131,7 +131,9 @@ class LocalBackend(SessionBackend):
             # keep serving: every call reopens and reports the problem to the caller
             log.error("local store unavailable: %s", exc)
         await self.feed.start(tg)
-        if self.default_agent:
+        from .agents import configured_agents
+
+        if configured_agents(self.settings):
             from .agents import create_runner
 
             runner: AgentRunner = create_runner(self.settings, self)
@@ -154,11 +156,17 @@ class LocalBackend(SessionBackend):
 
     async def create_session(self, req: CreateRequest) -> CreateResult:
         agent = req.agent or self.default_agent
-        if agent is not None and agent != self.default_agent:
-            raise InvalidArgument(
-                f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
-                f"{self.settings.agent}); leave agent empty"
-            )
+        if agent in ("none", MAILBOX):
+            agent = None
+        elif agent is not None and agent != self.default_agent:
+            from .agents import configured_agents
+
+            choices = ["none", *configured_agents(self.settings)]
+            if agent not in choices:
+                raise InvalidArgument(
+                    f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
+                    f"{self.settings.agent}); use one of: {', '.join(choices)}, or leave agent empty"
+                )
         first = None
         status = Status.IDLE
         if req.prompt is not None:
