@@ -1,0 +1,305 @@
+"""The PostgreSQL store itself: migrations, races between replicas, the change log, turn claims."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from sessions_mcp.errors import SchemaTooNew, StoreUnavailable
+from sessions_mcp.models import Status
+from sessions_mcp.store import create_store
+from sessions_mcp.store.base import TURN_LOST, this_host
+from sessions_mcp.store.migrations import SQLITE_MIGRATIONS
+from sessions_mcp.store.postgres import POSTGRES_MIGRATIONS, PostgresStore, redact_url
+
+pytestmark = pytest.mark.anyio
+
+Open = Callable[[], Any]
+
+
+def test_migration_names_match_sqlite() -> None:
+    """A migration added to one store and not the other fails here."""
+    assert [n for n, _ in POSTGRES_MIGRATIONS] == [n for n, _ in SQLITE_MIGRATIONS]
+
+
+async def test_postgres_url_selects_this_store(pg_settings: Callable[..., Any], pg_url: str) -> None:
+    store = create_store(pg_settings().local)
+    assert isinstance(store, PostgresStore)
+
+
+def test_importing_the_package_does_not_import_the_driver() -> None:
+    code = "import sys, sessions_mcp.server, sessions_mcp.store; print('psycopg' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+async def test_replicas_starting_together_migrate_once(stores: Open, pg_url: str) -> None:
+    opened: list[PostgresStore] = []
+
+    async def one() -> None:
+        opened.append(await stores())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+    facts = await opened[0].describe()
+    assert facts["migrations"] == [n for n, _ in POSTGRES_MIGRATIONS]
+    assert facts["kind"] == "postgres" and facts["schema_version"] == POSTGRES_MIGRATIONS[-1][0]
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT name, count(*) FROM schema_migrations GROUP BY name").fetchall()
+    assert sorted(rows) == [(n, 1) for n, _ in POSTGRES_MIGRATIONS]
+
+
+async def test_database_from_a_newer_version_is_refused(stores: Open, pg_url: str) -> None:
+    await stores()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES ('9999_from_the_future', 0)")
+    newer = PostgresStore(pg_url)
+    with pytest.raises(SchemaTooNew, match=r"9999_from_the_future.*upgrade sessions-mcp"):
+        await newer.open()
+    await newer.close()
+
+
+async def test_password_never_appears_in_location_or_errors() -> None:
+    secret = "s3cret-Pa55"
+    for url in (
+        f"postgresql://alice:{secret}@127.0.0.1:1/db",
+        f"postgresql://alice@127.0.0.1:1/db?password={secret}&sslmode=disable",
+    ):
+        store = PostgresStore(url, connect_timeout_s=2)
+        assert secret not in store.location and "***" in store.location
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+        assert secret not in str(info.value)
+        assert "SESSIONS_MCP_LOCAL__DB" in str(info.value)
+        await store.close()
+    assert redact_url("postgresql://bob:x@h/db") == "postgresql://bob:***@h/db"
+
+
+async def test_owner_isolation(stores: Open) -> None:
+    store: PostgresStore = await stores()
+    row, _ = await store.create_session(
+        owner="alice", title="mine", model=None, system=None, agent=None, status=Status.IDLE
+    )
+    assert await store.get_session("mallory", row.id) is None
+    assert await store.append_message("mallory", row.id, role="user", parts=[], text="x", new_status=None) is None
+    assert await store.list_messages("mallory", row.id, after_seq=0, limit=10) is None
+    assert await store.list_sessions("mallory", statuses=None, query=None, after=None, limit=10) == []
+    assert not await store.delete_session("mallory", row.id)
+    assert (await store.get_session("alice", row.id)) is not None
+
+
+async def test_concurrent_writers_on_three_replicas_lose_nothing(stores: Open) -> None:
+    replicas: list[PostgresStore] = [await stores() for _ in range(3)]
+    sessions = []
+    for i in range(2):
+        row, _ = await replicas[i].create_session(
+            owner="team", title=f"s{i}", model=None, system=None, agent=None, status=Status.IDLE
+        )
+        sessions.append(row.id)
+    per_writer = 25
+
+    async def writer(r: int, w: int) -> None:
+        for n in range(per_writer):
+            sid = sessions[n % 2]
+            text = f"r{r}-w{w}-n{n}"
+            got = await replicas[r].append_message(
+                "team", sid, role="user", parts=[{"type": "text", "text": text}], text=text, new_status=None
+            )
+            assert got is not None
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for r in range(3):
+            for w in range(3):
+                tg.start_soon(writer, r, w)
+    elapsed = time.monotonic() - started
+    total = 3 * 3 * per_writer
+    texts: list[str] = []
+    for sid in sessions:
+        result = await replicas[2].list_messages("team", sid, after_seq=0, limit=1000)
+        assert result is not None
+        session, msgs, more = result
+        assert not more
+        assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1)), "seqs must be gap-free"
+        assert session.last_seq == session.message_count == len(msgs)
+        assert len({m.id for m in msgs}) == len(msgs)
+        texts += [m.text for m in msgs]
+    assert sorted(texts) == sorted(f"r{r}-w{w}-n{n}" for r in range(3) for w in range(3) for n in range(per_writer))
+    print(f"\n{total} appends from 9 writers on 3 replicas in {elapsed:.2f}s ({total / elapsed:.0f}/s)")
+
+
+async def test_dedupe_keys_hold_across_replicas(stores: Open) -> None:
+    replicas: list[PostgresStore] = [await stores() for _ in range(3)]
+    created: list[str] = []
+    appended: list[str] = []
+
+    async def create(r: int) -> None:
+        row, _ = await replicas[r].create_session(
+            owner="o", title="t", model=None, system=None, agent=None, status=Status.AWAITING_REPLY,
+            first_message=("user", [{"type": "text", "text": "hi"}], "hi"), dedupe_key="create-1",
+        )  # fmt: skip
+        created.append(row.id)
+
+    async with anyio.create_task_group() as tg:
+        for r in range(3):
+            tg.start_soon(create, r)
+    assert len(set(created)) == 1
+
+    async def append(r: int) -> None:
+        got = await replicas[r].append_message(
+            "o", created[0], role="user", parts=[], text="again", new_status=None, dedupe_key="send-1"
+        )
+        assert got is not None
+        appended.append(got[1].id)
+
+    async with anyio.create_task_group() as tg:
+        for r in range(3):
+            tg.start_soon(append, r)
+    assert len(set(appended)) == 1
+    result = await replicas[0].list_messages("o", created[0], after_seq=0, limit=10)
+    assert result is not None and [m.text for m in result[1]] == ["hi", "again"]
+
+
+async def test_idempotency_claim_has_one_winner(stores: Open) -> None:
+    replicas: list[PostgresStore] = [await stores() for _ in range(3)]
+    results: list[Any] = []
+
+    async def claim(r: int) -> None:
+        results.append(await replicas[r % 3].idem_claim("p", "send_message", "k1", "h", stale_after_ms=60_000))
+
+    async with anyio.create_task_group() as tg:
+        for r in range(6):
+            tg.start_soon(claim, r)
+    assert sum(r is None for r in results) == 1
+    await replicas[1].idem_complete("p", "send_message", "k1", '{"ok": true}')
+    rec = await replicas[2].idem_claim("p", "send_message", "k1", "h", stale_after_ms=60_000)
+    assert rec is not None and rec.state == "done" and rec.result == '{"ok": true}'
+    assert (await replicas[0].idem_claim("p", "send_message", "k2", "h", stale_after_ms=60_000)) is None
+    await replicas[0].idem_release("p", "send_message", "k2")
+    assert (await replicas[1].idem_claim("p", "send_message", "k2", "h", stale_after_ms=60_000)) is None
+
+
+async def test_write_on_one_replica_is_seen_by_another_within_500ms(stores: Open) -> None:
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
+    with anyio.fail_after(5):
+        while not (await a.describe())["listening"]:
+            await anyio.sleep(0.01)
+        while await a.external_write_seen():  # drain the initial "maybe"
+            await anyio.sleep(0.01)
+    worst = 0.0
+    for i in range(5):
+        started = time.monotonic()
+        await b.append_message("o", row.id, role="user", parts=[], text=f"m{i}", new_status=None)
+        with anyio.fail_after(2):
+            while not await a.external_write_seen():
+                await anyio.sleep(0.005)
+        worst = max(worst, time.monotonic() - started)
+        changes = await a.changes_since(0)
+        assert changes[-1].writer == b.writer_id and changes[-1].session_id == row.id
+    assert worst < 0.5
+    print(f"\nworst notify latency across replicas: {worst * 1000:.0f} ms")
+
+
+async def test_change_log_never_skips_a_late_commit(stores: Open, pg_url: str) -> None:
+    """A change committed after a later-numbered one is still delivered, and a rolled-back seq is skipped."""
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
+    base = await a.last_change()
+    slow = psycopg.connect(pg_url)
+    try:
+        slow.execute("INSERT INTO changes (session_id, owner, kind, writer, at) VALUES (%s, 'o', 'message', 'x', 0)",
+                     (row.id,))  # fmt: skip
+        await b.append_message("o", row.id, role="user", parts=[], text="later seq, earlier commit", new_status=None)
+        assert await a.changes_since(base) == []  # the lower seq may still commit
+        assert await a.external_write_seen()  # keeps the follower looking
+        slow.commit()
+        got = await a.changes_since(base)
+        assert [c.seq for c in got] == [base + 1, base + 2]
+        base = got[-1].seq
+        slow.execute("INSERT INTO changes (session_id, owner, kind, writer, at) VALUES (%s, 'o', 'message', 'x', 0)",
+                     (row.id,))  # fmt: skip
+        await b.append_message("o", row.id, role="user", parts=[], text="after a rollback", new_status=None)
+        assert await a.changes_since(base) == []
+        slow.rollback()
+        got = await a.changes_since(base)
+        assert [c.seq for c in got] == [base + 2]  # base + 1 was rolled back: skipped, not waited for
+    finally:
+        slow.close()
+
+
+async def test_turn_is_claimed_by_exactly_one_replica(stores: Open) -> None:
+    replicas: list[PostgresStore] = [await stores() for _ in range(3)]
+    row, _ = await replicas[0].create_session(
+        owner="o", title=None, model=None, system=None, agent="command", status=Status.RUNNING,
+        first_message=("user", [{"type": "text", "text": "go"}], "go"),
+    )  # fmt: skip
+    wins: list[str] = []
+
+    async def claim(r: int) -> None:
+        if await replicas[r].turn_claim(
+            "o", row.id, upto_seq=1, runner=f"runner{r}", pid=os.getpid(), host=this_host(), lease_ms=20_000
+        ):
+            wins.append(f"runner{r}")
+
+    async with anyio.create_task_group() as tg:
+        for r in range(3):
+            tg.start_soon(claim, r)
+    assert len(wins) == 1
+    winner = wins[0]
+    other = next(f"runner{r}" for r in range(3) if f"runner{r}" != winner)
+    assert await replicas[1].turn_heartbeat(winner, [row.id], lease_ms=20_000) == [row.id]
+    assert await replicas[1].turn_heartbeat(other, [row.id], lease_ms=20_000) == []
+    assert await replicas[2].turn_release(row.id, runner=winner) == 1
+    # a finished turn is never run again, by anyone
+    assert not await replicas[0].turn_claim(
+        "o", row.id, upto_seq=1, runner=other, pid=os.getpid(), host=this_host(), lease_ms=20_000
+    )
+    assert not await replicas[0].turn_claim(
+        "mallory", row.id, upto_seq=2, runner=other, pid=os.getpid(), host=this_host(), lease_ms=20_000
+    )
+
+
+async def test_turns_of_dead_replicas_are_failed_once(stores: Open) -> None:
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rows = []
+    for _ in range(3):
+        row, _ = await a.create_session(
+            owner="o", title=None, model=None, system=None, agent="command", status=Status.RUNNING,
+            first_message=("user", [{"type": "text", "text": "go"}], "go"),
+        )  # fmt: skip
+        rows.append(row)
+    host = this_host()
+    # 0: its process is gone (same host); 1: another host stopped renewing; 2: alive and well
+    assert await a.turn_claim("o", rows[0].id, upto_seq=1, runner="dead", pid=dead.pid, host=host, lease_ms=60_000)
+    assert await a.turn_claim("o", rows[1].id, upto_seq=1, runner="far", pid=1, host="elsewhere", lease_ms=-1)
+    assert await a.turn_claim("o", rows[2].id, upto_seq=1, runner="live", pid=os.getpid(), host=host, lease_ms=60_000)
+    base = await b.last_change()
+    failed = await b.turn_recover(host=host, error=TURN_LOST)
+    assert sorted(failed) == sorted([(rows[0].id, "o"), (rows[1].id, "o")])
+    assert await b.turn_recover(host=host, error=TURN_LOST) == []
+    for i, want in ((0, Status.FAILED), (1, Status.FAILED), (2, Status.RUNNING)):
+        got = await b.get_session("o", rows[i].id)
+        assert got is not None and got.status is want
+    got = await b.get_session("o", rows[0].id)
+    assert got is not None and got.error == TURN_LOST
+    assert {(c.session_id, c.kind) for c in await a.changes_since(base)} == {
+        (rows[0].id, "status"),
+        (rows[1].id, "status"),
+    }
+    # recovered turns are done: nobody runs them again
+    assert not await b.turn_claim("o", rows[0].id, upto_seq=1, runner="b", pid=os.getpid(), host=host, lease_ms=1000)
