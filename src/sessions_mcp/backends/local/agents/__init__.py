@@ -245,6 +245,8 @@ class TurnRunner:
         self.host = this_host()
         self._tg: TaskGroup | None = None
         self._turns: dict[str, _Turn] = {}
+        self._answered: dict[str, int] = {}
+        """session id -> newest user message seq a turn here has seen (bounded by the sessions used)."""
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -358,6 +360,7 @@ class TurnRunner:
             await self._run(session_id, turn, agent, self._input(row, msgs, upto), upto)
         finally:
             turn.claim = 0
+            self._answered[session_id] = upto
             with anyio.CancelScope(shield=True):
                 try:
                     newest = await self.store.turn_release(session_id, runner=self.runner_id)
@@ -368,10 +371,15 @@ class TurnRunner:
     def _default(self) -> str:
         return self.backend.settings.agent
 
-    @staticmethod
-    def _input(row: SessionRow, msgs: list[MessageRow], upto: int) -> TurnInput:
-        answered = max((m.seq for m in msgs if m.role != "user"), default=0)
+    def _input(self, row: SessionRow, msgs: list[MessageRow], upto: int) -> TurnInput:
+        # the user messages the previous turn did not see; a reply can land after messages that
+        # queued during its turn, so "after the last reply" is only the fallback
+        answered = self._answered.get(row.id)
+        if answered is None:
+            answered = max((m.seq for m in msgs if m.role != "user"), default=0)
         fresh = [m.text for m in msgs if m.role == "user" and answered < m.seq <= upto]
+        if not fresh:
+            fresh = [m.text for m in msgs if m.role == "user" and m.seq == upto]
         return TurnInput(
             session_id=row.id,
             turn=sum(1 for m in msgs if m.role == "assistant") + 1,
@@ -438,8 +446,8 @@ class TurnRunner:
             status = Status.IDLE
             if not text:
                 text = "(the agent finished without output)"
-            row = await self.store.get_session(owner, session_id)
-            if row is not None and row.last_seq > upto:
+            newer = await self.store.list_messages(owner, session_id, after_seq=upto, limit=1, roles=["user"])
+            if newer is not None and newer[1]:
                 status = Status.RUNNING  # a user message arrived meanwhile: the next turn follows
         try:
             if text:
