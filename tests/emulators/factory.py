@@ -133,10 +133,14 @@ class _Session:
 class FactoryEmulator(_FaultMixin):
     """Factory Sessions API v0, in memory."""
 
-    def __init__(self, *, api_key: str = API_KEY, reply_delay_s: float = 0.15, pending_s: float = 0.05) -> None:
+    def __init__(
+        self, *, api_key: str = API_KEY, reply_delay_s: float = 0.15, pending_s: float = 0.05, start_lag_s: float = 0.0
+    ) -> None:
         self.api_key = api_key
         self.reply_delay_s = reply_delay_s
         self.pending_s = pending_s
+        self.start_lag_s = start_lag_s
+        """How long a posted message leaves the status ``idle`` before the turn shows (a lagging service)."""
         self.sessions: dict[str, _Session] = {}
         self.faults: list[Fault] = []
         self.unexpected: list[str] = []
@@ -177,7 +181,7 @@ class FactoryEmulator(_FaultMixin):
         self._advance(s)
         now = now_ms()
         for turn in s.turns:
-            if not turn.done:
+            if not turn.done and now >= turn.start_ms:
                 return "pending" if now < turn.pending_until else "running"
         return "idle"
 
@@ -331,7 +335,7 @@ class FactoryEmulator(_FaultMixin):
         s.messages.append(msg)
         s.updated_at = now
         busy_until = max((t.reply_at for t in s.turns if not t.done), default=now)
-        start = max(now, busy_until)
+        start = max(now + int(self.start_lag_s * 1000), busy_until)
         delay = int(self.reply_delay_s * 1000)
         s.turns.append(_Turn(msg["id"], body["text"], start, start + int(self.pending_s * 1000), start + delay))
         return JSONResponse({"messageId": msg["id"], "status": self._status(s)})
