@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
     copy.add_argument("source", help="SQLite file")
     copy.add_argument("target", help="postgresql:// URL")
+    copy.add_argument("--merge", action="store_true",
+                      help="copy into a non-empty target, keeping rows that are already there (e.g. to resume)")  # fmt: skip
     return p
 
 
@@ -179,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             from .store.copy import run_copy
 
-            return run_copy(args.source, args.target)
+            return run_copy(args.source, args.target, merge=args.merge)
     except SessionsError as exc:
         print(f"sessions-mcp: {exc}", file=sys.stderr)
         return 2
