@@ -522,6 +522,11 @@ _LABEL = {"ok": "ok", "warn": "warn", "fail": "FAIL"}
 _COLOR = {"ok": "32", "warn": "33", "fail": "31"}
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    # paths, URLs and commands stay whole so they can be copied
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
 def render(checks: list[Check], *, width: int = 100, color: bool = False) -> str:
     """The table: status, what was checked, what was found, and on the next line what to do."""
     comp_w = min(max((len(c.component) for c in checks), default=10), 24)
@@ -531,12 +536,12 @@ def render(checks: list[Check], *, width: int = 100, color: bool = False) -> str
     for c in checks:
         label = _LABEL[c.level]
         shown = f"\033[{_COLOR[c.level]}m{label:<4}\033[0m" if color else f"{label:<4}"
-        detail = textwrap.wrap(c.detail, body_w) or [""]
+        detail = _wrap(c.detail, body_w) or [""]
         component = c.component if len(c.component) <= comp_w else c.component[: comp_w - 1] + "…"
         lines.append(f"{shown}  {component:<{comp_w}}  {detail[0]}")
         lines += [" " * indent + more for more in detail[1:]]
         if c.fix and c.level != "ok":
-            fix = textwrap.wrap("fix: " + c.fix, body_w)
+            fix = _wrap("fix: " + c.fix, body_w)
             lines += [" " * indent + part for part in fix]
     fails = sum(c.level == "fail" for c in checks)
     warns = sum(c.level == "warn" for c in checks)
