@@ -372,14 +372,11 @@ class TurnRunner:
         return self.backend.settings.agent
 
     def _input(self, row: SessionRow, msgs: list[MessageRow], upto: int) -> TurnInput:
-        # the user messages the previous turn did not see; a reply can land after messages that
-        # queued during its turn, so "after the last reply" is only the fallback
-        answered = self._answered.get(row.id)
-        if answered is None:
-            answered = max((m.seq for m in msgs if m.role != "user"), default=0)
+        # the user messages no turn here has seen yet (several when they queued up during a turn);
+        # a process that has not run this session before takes the newest one only, so a message
+        # whose turn died with another process is not sent again (it stays in the transcript)
+        answered = self._answered.get(row.id, upto - 1)
         fresh = [m.text for m in msgs if m.role == "user" and answered < m.seq <= upto]
-        if not fresh:
-            fresh = [m.text for m in msgs if m.role == "user" and m.seq == upto]
         return TurnInput(
             session_id=row.id,
             turn=sum(1 for m in msgs if m.role == "assistant") + 1,
