@@ -206,3 +206,39 @@ async def test_expired_lease_or_dead_pid_fails_the_turn_live_claims_stay(tmp_pat
         assert got is not None and got.status is Status.RUNNING
     finally:
         await reopened.close()
+
+
+async def test_interrupt_from_another_process_stops_the_turn_where_it_runs(
+    tmp_path: Path, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = agent_env(tmp_path)
+    for k, v in env.items():
+        if not k.startswith("SESSIONS_MCP_"):
+            monkeypatch.setenv(k, v)
+    local = {"agent": "command", "agent_command": env["SESSIONS_MCP_LOCAL__AGENT_COMMAND"], "agent_input": "none"}
+    runner_side, other_side = Runtime(make_settings(local=dict(local))), Runtime(make_settings(local=dict(local)))
+    pids = tmp_path / "pids"
+    async with runner_side.running(), other_side.running():
+        created = await runner_side.service.create_session(
+            "local", prompt="hang", title=None, backend=None, model=None, system=None, wait=False,
+            timeout_s=0, idempotency_key=None,
+        )  # fmt: skip
+        sid = created.session.id
+        with anyio.fail_after(20):
+            while not pids.exists() or not pids.read_text().endswith("\n"):
+                await anyio.sleep(0.02)
+        agent_pid = int(pids.read_text().split()[1])
+        stopped = await other_side.service.interrupt_session("local", sid)
+        assert stopped.status is Status.IDLE
+        with anyio.fail_after(10):  # the runner's next heartbeat (2 s) notices and kills the group
+            while pid_alive(agent_pid):
+                await anyio.sleep(0.02)
+            while True:
+                page = await other_side.service.list_messages(
+                    "local", session_id=sid, after=None, limit=10, roles=None, wait_s=0
+                )
+                if len(page.messages) == 2:
+                    break
+                await anyio.sleep(0.02)
+        assert page.messages[1].text == "started, now hanging\n\n\n[interrupted]"
+        assert (await other_side.service.get_session("local", sid)).status is Status.IDLE
