@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import socket
 import threading
 import time
@@ -60,10 +61,10 @@ def spec_dict() -> dict[str, Any]:
 @functools.cache
 def openapi() -> OpenAPI:
     """The contract as an ``openapi-core`` validator (the spec itself is not re-validated: slow)."""
-    return OpenAPI.from_dict(spec_dict(), config=Config(spec_validator_cls=None))
+    return OpenAPI.from_dict(spec_dict(), config=Config(spec_validator_cls=None))  # pyright: ignore[reportArgumentType]
 
 
-def schema_validator(name: str) -> OAS31Validator:
+def schema_validator(name: str) -> Any:
     """A JSON-schema validator for one ``components/schemas`` entry (refs resolve in the spec)."""
     spec = spec_dict()
     return OAS31Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
@@ -121,8 +122,8 @@ class Faults:
 
     fail_statuses: list[int] = field(default_factory=list[int])
     """The next requests (one per entry) answer these statuses, e.g. ``[502, 503]``."""
-    fail_match: str = ""
-    """Only requests whose ``METHOD path`` contains this take a failure from ``fail_statuses``."""
+    fail_match: str = ".*"
+    """Only requests whose ``METHOD path`` fully matches this regex take a failure from ``fail_statuses``."""
     plain_text_errors: bool = False
     """Error bodies as plain text (as axum's rejections are) instead of Fabro's JSON."""
     response_delay_s: float = 0.0
@@ -372,7 +373,7 @@ class FabroEmulator:
 
     def _injected(self, request: Request) -> Response | None:
         key = f"{request.method} {request.url.path}"
-        if self.faults.fail_statuses and self.faults.fail_match in key:
+        if self.faults.fail_statuses and re.fullmatch(self.faults.fail_match, key):
             status = self.faults.fail_statuses.pop(0)
             return self._error(status, "Bad Gateway" if status == 502 else "Server Error", "injected failure")
         return None
@@ -530,6 +531,7 @@ class FabroEmulator:
         """Serve on a random loopback port in a daemon thread (returns once it accepts)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -95,9 +95,14 @@ class SessionStream:
         return self.connected.is_set()
 
     def mark_posted(self) -> None:
-        """A user message is about to be posted: a new reply starts."""
+        """A user message is about to be posted: a new reply starts.
+
+        ``generating`` becomes unknown rather than True: the stream may have opened after this
+        reply ended (create answers before we can subscribe), and then no ``done`` would ever
+        clear it. The last turn being the user's already says ``running`` until a reply lands.
+        """
         self.deltas.clear()
-        self.generating = True
+        self.generating = None
 
 
 class LiveStreams:
