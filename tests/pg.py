@@ -105,7 +105,9 @@ def _start_private() -> tuple[str, subprocess.Popen[bytes], str]:
     datadir = tempfile.mkdtemp(prefix="sessions-mcp-pg-")
     user: str | None = None
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        user = "postgres"
+        import pwd
+
+        user = "postgres" if "postgres" in {p.pw_name for p in pwd.getpwall()} else "nobody"
         shutil.chown(datadir, user=user)
     subprocess.run(
         [initdb, "-D", datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
