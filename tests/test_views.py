@@ -201,3 +201,42 @@ async def test_tail_of_an_unknown_session_exits_at_once(db_path: Path) -> None:
         result = await anyio.run_process(command, env=server_env(db_path), check=False)
     assert result.returncode == 1
     assert b"no session" in result.stderr and b"--principal" in result.stderr
+
+
+class _Recorder(io.StringIO):
+    """A stderr stand-in that says when something was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = anyio.Event()
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        self.written.set()
+        return n
+
+
+async def test_slow_steps_say_so_and_fast_ones_stay_quiet() -> None:
+    err = _Recorder()
+
+    async def slow() -> int:
+        with anyio.fail_after(10):
+            await err.written.wait()  # finishes only once the progress line is out
+        return 7
+
+    assert await views.with_progress("reading the transcript", slow, after=0.01, stream=err) == 7
+    assert err.getvalue() == "sessions-mcp: reading the transcript…\n"
+
+    quiet = _Recorder()
+
+    async def fast() -> int:
+        return 1
+
+    assert await views.with_progress("listing sessions", fast, after=5, stream=quiet) == 1
+    assert quiet.getvalue() == ""
+
+    async def broken() -> int:
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):  # not wrapped in an exception group
+        await views.with_progress("listing sessions", broken, stream=io.StringIO())
