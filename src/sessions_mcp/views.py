@@ -42,8 +42,11 @@ T = TypeVar("T")
 
 PROGRESS_AFTER_S = 0.4
 """A step that takes longer than this gets a progress line on stderr."""
-TAIL_WAIT_S = 20.0
-"""Long-poll length of one ``list_messages`` call while tailing (the loop repeats until Ctrl-C)."""
+TAIL_WAIT_S = 5.0
+"""Long-poll length of one ``list_messages`` call while tailing (the loop repeats until Ctrl-C).
+
+New messages end a poll at once; a status change without a message (an interrupt, say) shows
+up when the poll ends, so this bounds how late such a change is printed."""
 PAGE = 200
 FULL_TEXT = 1_000_000
 _TOOL_LINES = 20
