@@ -341,6 +341,8 @@ class TurnRunner:
         if not users or row.agent is None:
             return False
         upto = users[-1].seq
+        if row.status is not Status.RUNNING:
+            return False  # interrupted, or the previous turn failed: wait for the next message
         claimed = await self.store.turn_claim(
             owner, session_id, upto_seq=upto, runner=self.runner_id, pid=self.pid, host=self.host,
             lease_ms=self.lease_ms,
@@ -350,8 +352,6 @@ class TurnRunner:
         turn.claim += 1
         newest = upto
         try:
-            if row.status is not Status.RUNNING:
-                await self.backend.set_status(owner, session_id, Status.RUNNING)
             agent = self.agents.get(row.agent) or _Unconfigured(
                 row.agent,
                 f"the {row.agent!r} agent is not configured on this server "
