@@ -169,3 +169,27 @@ def test_render_wraps_and_summarises() -> None:
     assert text.rstrip().endswith(
         "1 ok, 1 warning(s), 1 failure(s): something is broken; follow the 'fix:' lines above"
     )
+
+
+def test_http_auth_is_checked_without_printing_tokens(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIONS_MCP_HTTP__HOST", "0.0.0.0")
+    monkeypatch.setenv("SESSIONS_MCP_HTTP__TOKENS_FILE", str(tmp_path / "missing-tokens"))
+    code, out = doctor(make_settings())
+    assert code == 1
+    found = line(out, "http: auth")
+    assert found.startswith("FAIL") and "SESSIONS_MCP_HTTP__TOKENS_FILE" in found
+
+    token = "tok-" + "x7" * 16
+    monkeypatch.delenv("SESSIONS_MCP_HTTP__TOKENS_FILE")
+    monkeypatch.setenv("SESSIONS_MCP_HTTP__TOKENS", f"alice={token}")
+    code, out = doctor(make_settings())
+    assert code == 0, out
+    assert line(out, "http: auth").startswith("ok") and "1 static token(s)" in out
+    assert token not in out
+
+    monkeypatch.delenv("SESSIONS_MCP_HTTP__TOKENS")
+    code, out = doctor(make_settings())
+    assert code == 1
+    assert "refusing to serve on '0.0.0.0' without authentication" in " ".join(out.split())

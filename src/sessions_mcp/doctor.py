@@ -334,17 +334,32 @@ def config_checks(settings: Settings) -> list[Check]:
     cfg = default_config_path()
     where = f"config file {cfg}" if cfg.is_file() else f"no config file at {cfg} (environment and defaults)"
     checks = [Check("configuration", "ok", f"backends: {listed}; {where}")]
-    tokens_file = settings.http.tokens_file
-    if tokens_file and not Path(tokens_file).expanduser().is_file():
-        checks.append(
-            Check(
-                "http: tokens file",
-                "fail",
-                f"{tokens_file} does not exist",
-                "fix SESSIONS_MCP_HTTP__TOKENS_FILE (one principal=token per line)",
-            )
-        )
-    return checks
+    return [*checks, *http_checks(settings)]
+
+
+def http_checks(settings: Settings) -> list[Check]:
+    """HTTP authentication, when any HTTP setting says the server is meant to be reached over HTTP."""
+    http = settings.http
+    if not (http.tokens or http.tokens_file or http.jwt_public_key or http.jwks_url or http.host != "127.0.0.1"):
+        return []
+    from .auth import build_auth
+    from .http_app import check_bind
+
+    try:
+        auth = build_auth(http)
+        check_bind(http, auth)
+    except SessionsError as exc:
+        return [Check("http: auth", "fail", str(exc), "change the setting named above (docs/http-and-auth.md)")]
+    if auth is None:
+        return [
+            Check("http: auth", "ok", f"none configured; {http.host} is loopback, so only this machine can connect")
+        ]
+    kinds: list[str] = []
+    if auth.static_tokens:
+        kinds.append(f"{len(auth.static_tokens)} static token(s)")
+    if http.jwt_public_key or http.jwks_url:
+        kinds.append("JWT via " + ("JWKS " + http.jwks_url if http.jwks_url else "a public key"))
+    return [Check("http: auth", "ok", f"{' and '.join(kinds)}; binding {http.host}:{http.port}")]
 
 
 def _local_agent_checks(settings: Settings) -> list[Check]:
