@@ -317,6 +317,7 @@ class _Server:
             lifespan="on",
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 5,
             server_header=False,
+            log_config=None,  # uvicorn logs through our root handler, so secrets are redacted there too
             proxy_headers=False,
         )
         outer = self
