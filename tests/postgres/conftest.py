@@ -54,3 +54,11 @@ async def stores(pg_url: str) -> AsyncIterator[Callable[[], Any]]:
 
         stack.push_async_callback(close_all)
         yield open_one
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything here needs PostgreSQL (``-m "not postgres"`` leaves it out)."""
+    here = str(__file__).rsplit("/", 1)[0]
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.postgres)

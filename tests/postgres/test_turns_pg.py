@@ -21,7 +21,7 @@ from sessions_mcp.store.base import TURN_LOST
 from ..conftest import client_for
 from ..test_stdio import ok, stdio_client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 AGENT = """\
 import os, pathlib, sys, time
