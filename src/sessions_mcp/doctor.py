@@ -501,6 +501,10 @@ async def collect(settings: Settings) -> list[Check]:
     store = create_store(settings.local)
     for name in settings.backends:
         checks += await with_progress(f"checking the {name} backend", lambda n=name: backend_checks(n, settings, store))
+    if settings.local.mirror:
+        from .mirror import mirror_checks
+
+        checks += await with_progress("checking the web-app mirror", lambda: mirror_checks(settings, store))
     with anyio.CancelScope(shield=True):
         with contextlib.suppress(Exception):
             await store.close()

@@ -89,6 +89,31 @@ class IdemRecord:
     updated_at: int
 
 
+@dataclass(slots=True)
+class MirrorRow:
+    """One session in the web-app mirror outbox."""
+
+    session_id: str
+    owner: str
+    version: int
+    created: bool
+    title: str | None
+    sent_seq: int
+    parent: str
+    attempts: int
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorStats:
+    """The outbox at a glance."""
+
+    pending: int
+    failed: int
+    mirrored: int
+    last_error: str | None = None
+
+
 class Store(ABC):
     """Durable storage for local sessions. Every method is safe to call concurrently."""
 
@@ -278,6 +303,48 @@ class Store(ABC):
         :func:`this_host` and :data:`TURN_LOST`, so a turn cut off by a crash is failed the next
         time any process opens the database; agent runners also call it periodically.
         """
+
+    # web-app mirror outbox (optional: stores without it raise NotImplementedError) ---------------
+
+    async def mirror_enqueue(self, session_id: str, owner: str) -> None:
+        """Record that a local session changed and must be mirrored (durable, idempotent)."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_claim(self, *, lease_ms: int, limit: int = 20) -> list[MirrorRow]:
+        """Lease the due rows with unmirrored changes (another process skips leased rows)."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_progress(
+        self,
+        session_id: str,
+        *,
+        created: bool | None = None,
+        title: str | None = None,
+        sent_seq: int | None = None,
+        parent: str | None = None,
+    ) -> None:
+        """Save one remote step (so a restart never repeats it)."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_done(self, session_id: str, version: int) -> None:
+        """Mark the changes up to ``version`` mirrored; clear attempts, error and lease."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_failed(self, session_id: str, error: str, *, retry_at_ms: int) -> None:
+        """Count a failed attempt, keep the (redacted) error, release the lease until ``retry_at_ms``."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_forget(self, session_id: str) -> None:
+        """Drop a session's row (the session was deleted locally)."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_next_due(self) -> int | None:
+        """When the next row with unmirrored changes is due (Unix ms), or None."""
+        raise NotImplementedError("this store has no mirror outbox")
+
+    async def mirror_stats(self, *, failed_after: int) -> MirrorStats:
+        """Counts for diagnostics: pending rows, rows failing ``failed_after`` times or more."""
+        raise NotImplementedError("this store has no mirror outbox")
 
 
 TURN_LOST = (

@@ -83,4 +83,28 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX agent_turns_by_runner ON agent_turns (runner)
         """,
     ),
+    (
+        "0003_mirror_outbox",
+        # Durable outbox of the optional web-app mirror: one row per local session to copy out.
+        # ``version`` counts local changes, ``synced_version`` the last one fully mirrored; the
+        # remote progress (created, title, sent_seq, parent) is saved after every remote step.
+        """
+        CREATE TABLE mirror_outbox (
+            session_id     TEXT PRIMARY KEY,
+            owner          TEXT NOT NULL,
+            version        INTEGER NOT NULL DEFAULT 1,
+            synced_version INTEGER NOT NULL DEFAULT 0,
+            created        INTEGER NOT NULL DEFAULT 0,
+            title          TEXT,
+            sent_seq       INTEGER NOT NULL DEFAULT 0,
+            parent         TEXT NOT NULL DEFAULT 'root',
+            attempts       INTEGER NOT NULL DEFAULT 0,
+            next_at        INTEGER NOT NULL DEFAULT 0,
+            lease_until    INTEGER NOT NULL DEFAULT 0,
+            last_error     TEXT,
+            updated_at     INTEGER NOT NULL
+        );
+        CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at)
+        """,
+    ),
 ]

@@ -33,6 +33,8 @@ from .base import (
     Change,
     IdemRecord,
     MessageRow,
+    MirrorRow,
+    MirrorStats,
     SessionRow,
     Store,
     claim_is_dead,
@@ -702,3 +704,102 @@ class SqliteStore(Store):
 
     async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
         return await self._write(lambda conn: self._recover_turns(conn, host, error))
+
+    # web-app mirror outbox --------------------------------------------------------------------
+
+    async def mirror_enqueue(self, session_id: str, owner: str) -> None:
+        ts = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO mirror_outbox (session_id, owner, next_at, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET version = version + 1, updated_at = excluded.updated_at,"
+                " next_at = CASE WHEN attempts = 0 THEN excluded.next_at ELSE next_at END",
+                (session_id, owner, ts, ts),
+            )
+
+        await self._write(tx)
+
+    async def mirror_claim(self, *, lease_ms: int, limit: int = 20) -> list[MirrorRow]:
+        ts = now_ms()
+
+        def tx(conn: sqlite3.Connection) -> list[MirrorRow]:
+            rows = conn.execute(
+                "SELECT session_id, owner, version, created, title, sent_seq, parent, attempts, last_error"
+                " FROM mirror_outbox WHERE version > synced_version AND next_at <= ? AND lease_until < ?"
+                " ORDER BY next_at LIMIT ?",
+                (ts, ts, limit),
+            ).fetchall()
+            for r in rows:
+                conn.execute("UPDATE mirror_outbox SET lease_until = ? WHERE session_id = ?", (ts + lease_ms, r[0]))
+            return [MirrorRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+
+        return await self._write(tx)
+
+    async def mirror_progress(
+        self,
+        session_id: str,
+        *,
+        created: bool | None = None,
+        title: str | None = None,
+        sent_seq: int | None = None,
+        parent: str | None = None,
+    ) -> None:
+        sets: list[str] = ["updated_at = ?"]
+        args: list[Any] = [now_ms()]
+        for column, value in (("created", created), ("title", title), ("sent_seq", sent_seq), ("parent", parent)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(int(value) if isinstance(value, bool) else value)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(f"UPDATE mirror_outbox SET {', '.join(sets)} WHERE session_id = ?", (*args, session_id))
+
+        await self._write(tx)
+
+    async def mirror_done(self, session_id: str, version: int) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE mirror_outbox SET synced_version = max(synced_version, ?), attempts = 0, last_error = NULL,"
+                " lease_until = 0, next_at = ?, updated_at = ? WHERE session_id = ?",
+                (version, now_ms(), now_ms(), session_id),
+            )
+
+        await self._write(tx)
+
+    async def mirror_failed(self, session_id: str, error: str, *, retry_at_ms: int) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE mirror_outbox SET attempts = attempts + 1, last_error = ?, next_at = ?, lease_until = 0,"
+                " updated_at = ? WHERE session_id = ?",
+                (error[:1000], retry_at_ms, now_ms(), session_id),
+            )
+
+        await self._write(tx)
+
+    async def mirror_forget(self, session_id: str) -> None:
+        await self._write(lambda conn: conn.execute("DELETE FROM mirror_outbox WHERE session_id = ?", (session_id,)))
+
+    async def mirror_next_due(self) -> int | None:
+        def q(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT min(max(next_at, lease_until)) FROM mirror_outbox WHERE version > synced_version"
+            ).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._read(q)
+
+    async def mirror_stats(self, *, failed_after: int) -> MirrorStats:
+        def q(conn: sqlite3.Connection) -> MirrorStats:
+            pending, failed, mirrored = conn.execute(
+                "SELECT coalesce(sum(version > synced_version), 0),"
+                " coalesce(sum(version > synced_version AND attempts >= ?), 0),"
+                " coalesce(sum(version <= synced_version), 0) FROM mirror_outbox",
+                (failed_after,),
+            ).fetchone()
+            err = conn.execute(
+                "SELECT last_error FROM mirror_outbox WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 1"
+            ).fetchone()
+            return MirrorStats(int(pending), int(failed), int(mirrored), err[0] if err else None)
+
+        return await self._read(q)

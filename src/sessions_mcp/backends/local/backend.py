@@ -27,7 +27,8 @@ from ...store.feed import ChangeFeed
 from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
 
 if TYPE_CHECKING:
-    from ...settings import LocalSettings
+    from ...mirror import Mirror
+    from ...settings import FactoryAppSettings, LocalSettings
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,11 @@ class LocalBackend(SessionBackend):
         system_prompt=True, model_choice=True,
     )  # fmt: skip
 
-    def __init__(self, store: Store, settings: LocalSettings) -> None:
+    def __init__(self, store: Store, settings: LocalSettings, *, factory_app: FactoryAppSettings | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.factory_app = factory_app
+        self.mirror: Mirror | None = None
         self.feed = ChangeFeed(store)
         self.runner: AgentRunner | None = None
         self.default_agent = settings.agent if settings.agent != "none" else None
@@ -131,6 +134,10 @@ class LocalBackend(SessionBackend):
             # keep serving: every call reopens and reports the problem to the caller
             log.error("local store unavailable: %s", exc)
         await self.feed.start(tg)
+        if self.settings.mirror == "factory-app" and self.factory_app is not None:
+            from ...mirror import start_mirror
+
+            self.mirror = await start_mirror(self.store, self.feed, self.factory_app, tg)
         from .agents import configured_agents
 
         if configured_agents(self.settings):
