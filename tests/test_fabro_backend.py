@@ -260,3 +260,68 @@ async def test_doctor_checks(emu: FabroEmulator, tmp_path: Path, keypair: tuple[
     assert checks[1].level == "warn"  # no credentials at all
     await down.aclose()
     await store.close()
+
+
+def _certs(tmp_path: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (CN=alice), as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def issue(subject: str, key: Any, issuer_key: Any, issuer: str, *, ca: bool = False, ip: bool = False) -> Any:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ip:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    out: dict[str, str] = {}
+
+    def write(label: str, cert: Any, key: Any) -> None:
+        (tmp_path / f"{label}.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+        (tmp_path / f"{label}.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        out[label] = str(tmp_path / f"{label}.crt")
+        out[f"{label}_key"] = str(tmp_path / f"{label}.key")
+
+    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    write("ca", issue("test ca", ca_key, ca_key, "test ca", ca=True), ca_key)
+    write("server", issue("127.0.0.1", server_key, ca_key, "test ca", ip=True), server_key)
+    write("client", issue("alice", client_key, ca_key, "test ca"), client_key)
+    return out
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    import ssl
+
+    c = _certs(tmp_path)
+    tls = {
+        "ssl_certfile": c["server"], "ssl_keyfile": c["server_key"], "ssl_ca_certs": c["ca"],
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }  # fmt: skip
+    with FabroEmulator(tls=tls, tls_identity="alice") as emu:
+        cfg = {"base_url": emu.url, "client_cert": c["client"], "client_key": c["client_key"], "ca_cert": c["ca"]}
+        async with served(tmp_path, cfg) as client:
+            r = await call(client, "create_session", prompt="over tls", timeout_s=10)
+            assert texts(r) == ["over tls", "echo: over tls"]
+        async with served(tmp_path, {"base_url": emu.url, "ca_cert": c["ca"], "timeout_s": 2}) as client:
+            bad = await client.call_tool("list_sessions", {"backend": "fabro"})
+            assert bad.is_error and "cannot reach Fabro" in bad.content[0].text  # type: ignore[union-attr]
+        assert emu.violations == [], emu.violations

@@ -85,14 +85,17 @@ def new_keypair() -> tuple[str, Ed25519PublicKey]:
 class _Req:
     """An ``openapi-core`` request, with the path mapped to the spec's ``/api/v1`` form."""
 
-    def __init__(self, request: Request, body: bytes | None, prefix: str) -> None:
+    def __init__(self, request: Request, body: bytes | None, prefix: str, tls_identity: str = "") -> None:
         self.host_url = str(request.base_url).rstrip("/")
         path = request.url.path
         self.path = SPEC_PREFIX + path.removeprefix(prefix) if prefix != SPEC_PREFIX else path
         self.method = request.method.lower()
         self.body = body or None
         self.content_type = request.headers.get("content-type", "application/octet-stream")
-        self.parameters = RequestParameters(query=request.query_params, header=request.headers, cookie=request.cookies)
+        headers: dict[str, str] = dict(request.headers)
+        if tls_identity:  # the spec's mTLS scheme is a header placeholder for the certificate's CN
+            headers["X-mTLS-Client-CN"] = tls_identity
+        self.parameters = RequestParameters(query=request.query_params, header=headers, cookie=request.cookies)
 
 
 class _Resp:
@@ -152,8 +155,13 @@ class FabroEmulator:
         token: str | None = None,
         chunk_delay_s: float = 0.005,
         default_model: str = "claude-sonnet-4-5",
+        tls: dict[str, Any] | None = None,
+        tls_identity: str = "",
     ) -> None:
         self.prefix = prefix
+        self.tls = tls or {}
+        """uvicorn ``ssl_*`` options (``ssl_cert_reqs=CERT_REQUIRED`` + ``ssl_ca_certs`` for mTLS)."""
+        self.tls_identity = tls_identity
         self.public_key = public_key
         self.allowed_usernames = allowed_usernames
         self.token = token
@@ -245,7 +253,7 @@ class FabroEmulator:
 
     def _validate_request(self, request: Request, body: bytes | None) -> None:
         try:
-            openapi().validate_request(_Req(request, body, self.prefix))
+            openapi().validate_request(_Req(request, body, self.prefix, self.tls_identity))
         except Exception as exc:
             self.violations.append(f"request {request.method} {request.url.path}: {_explain(exc)}")
 
@@ -256,7 +264,9 @@ class FabroEmulator:
         # a stream's body is validated frame by frame (see _broadcast); here its status and type
         data: Any = resp.body if not isinstance(resp, StreamingResponse) else "event: done\ndata: {}\n\n"
         try:
-            openapi().validate_response(_Req(request, body, self.prefix), _Resp(resp.status_code, data, ctype))
+            openapi().validate_response(
+                _Req(request, body, self.prefix, self.tls_identity), _Resp(resp.status_code, data, ctype)
+            )
         except Exception as exc:
             if resp.status_code in (401, 403) and "Unknown response http status" in str(exc):
                 return  # the spec documents 401/403 globally, not per operation
@@ -534,8 +544,11 @@ class FabroEmulator:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            self.app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=2, **self.tls
+        )
         self._server = uvicorn.Server(config)
         ready = threading.Event()
 
