@@ -6,6 +6,7 @@ import contextlib
 import os
 import shlex
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -242,3 +243,36 @@ async def test_interrupt_from_another_process_stops_the_turn_where_it_runs(
                 await anyio.sleep(0.02)
         assert page.messages[1].text == "started, now hanging\n\n\n[interrupted]"
         assert (await other_side.service.get_session("local", sid)).status is Status.IDLE
+
+
+async def test_a_stored_message_whose_turn_never_started_is_adopted_by_a_runner(
+    tmp_path: Path, make_settings: Callable[..., Settings], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that stored the user message died (or its call was cancelled) before claiming."""
+    env = agent_env(tmp_path)
+    for k, v in env.items():
+        if not k.startswith("SESSIONS_MCP_"):
+            monkeypatch.setenv(k, v)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        row, _ = await store.create_session(
+            owner="local", title="orphan", model=None, system=None, agent="command", status=Status.RUNNING,
+            first_message=("user", [{"type": "text", "text": "adopt me"}], "adopt me"),
+        )  # fmt: skip
+        assert await store.turn_orphans(agents=["command"], older_than_ms=10_000) == []  # too fresh
+        with sqlite3.connect(db_path) as raw:
+            raw.execute("UPDATE sessions SET updated_at = updated_at - 60000 WHERE id = ?", (row.id,))
+        assert await store.turn_orphans(agents=["openai"], older_than_ms=10_000) == []
+        assert await store.turn_orphans(agents=["command"], older_than_ms=10_000) == [(row.id, "local")]
+    finally:
+        await store.close()
+    local = {"agent": "command", "agent_command": env["SESSIONS_MCP_LOCAL__AGENT_COMMAND"], "agent_input": "none"}
+    rt = Runtime(make_settings(local=local))
+    async with rt.running():
+        backend = rt.service.backends["local"]
+        with anyio.fail_after(20):
+            while (await backend.get_session("local", row.id)).status is Status.RUNNING:
+                await anyio.sleep(0.02)
+        page = await backend.list_messages("local", row.id, after=None, limit=10)
+    assert [m.text for m in page.items] == ["adopt me", "echo: adopt me\n"]

@@ -304,6 +304,17 @@ class Store(ABC):
         time any process opens the database; agent runners also call it periodically.
         """
 
+    async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
+        """Sessions waiting for a turn that nobody started (optional; the default finds none).
+
+        ``(session_id, owner)`` of up to 100 sessions whose status is ``running``, whose agent is
+        one of ``agents``, that were last updated more than ``older_than_ms`` ago, and whose
+        newest user message no claim holds or has answered (no live claim, ``done_seq`` below
+        it). That happens when the process that stored the message died, or its call was
+        cancelled, before the turn was claimed. Runners claim these turns like any other.
+        """
+        return []
+
     # web-app mirror outbox (optional: stores without it raise NotImplementedError) ---------------
 
     async def mirror_enqueue(self, session_id: str, owner: str) -> None:

@@ -705,6 +705,23 @@ class SqliteStore(Store):
     async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
         return await self._write(lambda conn: self._recover_turns(conn, host, error))
 
+    async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
+        names = list(agents)
+        if not names:
+            return []
+        sql = (
+            "SELECT s.id, s.owner FROM sessions s LEFT JOIN agent_turns t ON t.session_id = s.id"
+            f" WHERE s.status = ? AND s.agent IN ({', '.join('?' * len(names))}) AND s.updated_at < ?"
+            " AND (t.session_id IS NULL OR (t.runner IS NULL AND t.done_seq < (SELECT max(m.seq) FROM messages m"
+            " WHERE m.session_id = s.id AND m.role = 'user'))) LIMIT 100"
+        )
+        args = (Status.RUNNING.value, *names, now_ms() - older_than_ms)
+
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return [(r[0], r[1]) for r in conn.execute(sql, args)]
+
+        return await self._read(q)
+
     # web-app mirror outbox --------------------------------------------------------------------
 
     async def mirror_enqueue(self, session_id: str, owner: str) -> None:

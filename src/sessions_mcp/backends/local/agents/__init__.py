@@ -46,6 +46,8 @@ BEAT_S = 2.0
 """How often a runner renews its claims (and notices interrupts made by other processes)."""
 SWEEP_EVERY = 5
 """Every this many beats, fail the turns of dead processes (the sweep on open covers restarts)."""
+ORPHAN_AFTER_MS = 10_000
+"""A session ``running`` this long with no claim on its newest user message gets its turn started."""
 STOP_GRACE_S = 15.0
 """How long interrupting or shutting down waits for a turn to write its end."""
 
@@ -466,6 +468,14 @@ class TurnRunner:
             return
         for session_id, owner in failed:
             await self.backend.publish(session_id, owner, "status")
+        try:
+            orphans = await self.store.turn_orphans(agents=list(self.agents), older_than_ms=ORPHAN_AFTER_MS)
+        except Exception:
+            log.warning("could not look for turns nobody started", exc_info=True)
+            return
+        for session_id, owner in orphans:
+            log.info("local session %s waits for a turn nobody started; starting it", session_id)
+            self.begin_turn(owner, session_id)
 
     async def _heartbeat(self) -> None:
         beats = 0
