@@ -40,6 +40,7 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_schema_validator import OAS31Validator
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -92,7 +93,7 @@ class _Req:
         self.method = request.method.lower()
         self.body = body or None
         self.content_type = request.headers.get("content-type", "application/octet-stream")
-        headers: dict[str, str] = dict(request.headers)
+        headers = MutableHeaders(headers=dict(request.headers))  # case-insensitive, like the request's
         if tls_identity:  # the spec's mTLS scheme is a header placeholder for the certificate's CN
             headers["X-mTLS-Client-CN"] = tls_identity
         self.parameters = RequestParameters(query=request.query_params, header=headers, cookie=request.cookies)
