@@ -303,3 +303,69 @@ async def test_turns_of_dead_replicas_are_failed_once(stores: Open) -> None:
     }
     # recovered turns are done: nobody runs them again
     assert not await b.turn_claim("o", rows[0].id, upto_seq=1, runner="b", pid=os.getpid(), host=host, lease_ms=1000)
+
+
+async def test_mirror_outbox_rows_go_to_one_replica_at_a_time(stores: Open) -> None:
+    replicas: list[PostgresStore] = [await stores() for _ in range(3)]
+    for i in range(10):
+        await replicas[i % 3].mirror_enqueue(f"s{i}", "o")
+    await replicas[0].mirror_enqueue("s0", "o")  # a second change to s0: version 2
+    claimed: list[list[Any]] = []
+
+    async def claim(r: int) -> None:
+        claimed.append(await replicas[r].mirror_claim(lease_ms=60_000, limit=4))
+
+    async with anyio.create_task_group() as tg:
+        for r in range(3):
+            tg.start_soon(claim, r)
+    ids = [row.session_id for rows in claimed for row in rows]
+    assert sorted(ids) == sorted(f"s{i}" for i in range(10))  # disjoint and complete
+    assert await replicas[0].mirror_claim(lease_ms=60_000) == []  # all leased
+    s0 = next(row for rows in claimed for row in rows if row.session_id == "s0")
+    assert s0.version == 2 and not s0.created
+    await replicas[1].mirror_progress("s0", created=True, title="t", sent_seq=3, parent="p1")
+    await replicas[1].mirror_done("s0", s0.version)
+    await replicas[2].mirror_failed("s1", "remote said no", retry_at_ms=0)
+    again = await replicas[0].mirror_claim(lease_ms=60_000)
+    assert [(r.session_id, r.attempts, r.last_error) for r in again] == [("s1", 1, "remote said no")]
+    stats = await replicas[0].mirror_stats(failed_after=1)
+    assert (stats.pending, stats.failed, stats.mirrored, stats.last_error) == (9, 1, 1, "remote said no")
+    assert await replicas[0].mirror_next_due() is not None
+    await replicas[0].mirror_forget("s1")
+    assert (await replicas[0].mirror_stats(failed_after=1)).pending == 8
+
+
+async def test_opening_a_server_that_never_answers_can_be_cancelled() -> None:
+    """A TCP peer that accepts but never speaks: open() honours the caller's deadline, leaves nothing open."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        store = PostgresStore(f"postgresql://u:pw@127.0.0.1:{port}/db", connect_timeout_s=30)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError), anyio.fail_after(0.5):
+            await store.open()
+        assert time.monotonic() - started < 2
+        await store.close()
+
+
+async def test_turns_nobody_started_are_found(stores: Open) -> None:
+    store: PostgresStore = await stores()
+    orphan, _ = await store.create_session(
+        owner="o", title=None, model=None, system=None, agent="command", status=Status.RUNNING,
+        first_message=("user", [{"type": "text", "text": "go"}], "go"),
+    )  # fmt: skip
+    claimed, _ = await store.create_session(
+        owner="o", title=None, model=None, system=None, agent="command", status=Status.RUNNING,
+        first_message=("user", [{"type": "text", "text": "go"}], "go"),
+    )  # fmt: skip
+    await store.create_session(
+        owner="o", title=None, model=None, system=None, agent="openai", status=Status.RUNNING,
+        first_message=("user", [{"type": "text", "text": "go"}], "go"),
+    )  # fmt: skip
+    assert await store.turn_claim("o", claimed.id, upto_seq=1, runner="r", pid=os.getpid(), host="h", lease_ms=60_000)
+    assert await store.turn_orphans(agents=["command"], older_than_ms=-1000) == [(orphan.id, "o")]
+    assert await store.turn_orphans(agents=["command"], older_than_ms=60_000) == []
+    assert await store.turn_orphans(agents=[], older_than_ms=-1000) == []

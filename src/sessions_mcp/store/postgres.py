@@ -23,8 +23,10 @@ Same guarantees as :mod:`.sqlite`, with these mechanisms:
   prefix; a gap is skipped only once every transaction that was running when it was first seen
   has finished (snapshot ``xmin`` passed the recorded ``xmax``), i.e. its value was rolled back.
 
-All database work runs shielded from cancellation (as SQLite's worker threads are), so a
-cancelled caller never leaves a half-finished transaction on a pooled connection.
+Connecting and waiting for a pooled connection can be cancelled (``doctor`` and waits time
+out); once a transaction has its connection it runs shielded to its end (as SQLite's worker
+threads do), so a cancelled caller never leaves a half-finished transaction on a pooled
+connection.
 psycopg's async mode needs the asyncio event loop (anyio's default backend).
 """
 
@@ -36,8 +38,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, LiteralString, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +57,8 @@ from .base import (
     Change,
     IdemRecord,
     MessageRow,
+    MirrorRow,
+    MirrorStats,
     SessionRow,
     Store,
     claim_is_dead,
@@ -143,6 +146,27 @@ POSTGRES_MIGRATIONS: list[tuple[str, str]] = [
             started_at  BIGINT
         );
         CREATE INDEX agent_turns_by_runner ON agent_turns (runner);
+        """,
+    ),
+    (
+        "0003_mirror_outbox",
+        """
+        CREATE TABLE mirror_outbox (
+            session_id     TEXT COLLATE "C" PRIMARY KEY,
+            owner          TEXT NOT NULL,
+            version        BIGINT NOT NULL DEFAULT 1,
+            synced_version BIGINT NOT NULL DEFAULT 0,
+            created        INTEGER NOT NULL DEFAULT 0,
+            title          TEXT,
+            sent_seq       BIGINT NOT NULL DEFAULT 0,
+            parent         TEXT NOT NULL DEFAULT 'root',
+            attempts       INTEGER NOT NULL DEFAULT 0,
+            next_at        BIGINT NOT NULL DEFAULT 0,
+            lease_until    BIGINT NOT NULL DEFAULT 0,
+            last_error     TEXT,
+            updated_at     BIGINT NOT NULL
+        );
+        CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at);
         """,
     ),
 ]
@@ -292,6 +316,7 @@ class PostgresStore(Store):
         return await psycopg.AsyncConnection.connect(self._url, **self._connect_kwargs())
 
     async def _ensure_open(self) -> AsyncConnectionPool[Conn]:
+        """Migrate and open the pool once; cancellable (a cancelled attempt leaves nothing open)."""
         if self._pool is not None:
             return self._pool
         if self._open_lock is None:
@@ -299,6 +324,7 @@ class PostgresStore(Store):
         async with self._open_lock:
             if self._pool is not None:
                 return self._pool
+            pool: AsyncConnectionPool[Conn] | None = None
             try:
                 conn = await self._connect()
                 try:
@@ -310,8 +336,9 @@ class PostgresStore(Store):
                     async with conn.transaction():
                         await self._recover_turns(conn, this_host(), TURN_LOST)
                 finally:
-                    await conn.close()
-                pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
+                pool = AsyncConnectionPool(
                     self._url,
                     min_size=1,
                     max_size=self.pool_size,
@@ -322,9 +349,12 @@ class PostgresStore(Store):
                     name="sessions-mcp",
                 )
                 await pool.open(wait=True, timeout=self.connect_timeout_s)
-            except StoreError:
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                if pool is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pool.close()
+                if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                    raise
                 raise self._explain(exc) from None
             self._pool = pool
             self._notified = True
@@ -355,8 +385,7 @@ class PostgresStore(Store):
                 log.info("applied migration %s to %s", name, self.location)
 
     async def open(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._ensure_open()
+        await self._ensure_open()
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -399,19 +428,19 @@ class PostgresStore(Store):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncGenerator[Conn, None]:
-        pool = await self._ensure_open()
-        async with pool.connection() as conn:
-            yield conn
-
     async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool, snapshot: bool = False) -> T:
-        """Run ``fn`` in one transaction, retrying serialization failures and deadlocks."""
+        """Run ``fn`` in one transaction, retrying serialization failures and deadlocks.
+
+        Connecting and waiting for a free connection can be cancelled; once a connection is
+        ours, the transaction runs shielded to its end (short: one write or one read).
+        """
         delay = 0.005
-        with anyio.CancelScope(shield=True):
-            for attempt in range(_RETRIES):
-                try:
-                    async with self._connection() as conn:
+        for attempt in range(_RETRIES):
+            try:
+                pool = await self._ensure_open()
+                conn = await pool.getconn()
+                with anyio.CancelScope(shield=True):
+                    try:
                         if write:
                             async with conn.transaction():
                                 return await fn(conn)
@@ -422,16 +451,18 @@ class PostgresStore(Store):
                             finally:
                                 await conn.execute("COMMIT")
                         return await fn(conn)
-                except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation) as exc:
-                    # UniqueViolation: two replicas raced on a dedupe key; the retry finds the winner
-                    if attempt == _RETRIES - 1:
-                        raise self._explain(exc) from None
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.2)
-                except (StoreError, InvalidArgument):
-                    raise
-                except psycopg.Error as exc:  # PoolTimeout included
+                    finally:
+                        await pool.putconn(conn)
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation) as exc:
+                # UniqueViolation: two replicas raced on a dedupe key; the retry finds the winner
+                if attempt == _RETRIES - 1:
                     raise self._explain(exc) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            except (StoreError, InvalidArgument):
+                raise
+            except psycopg.Error as exc:  # PoolTimeout included
+                raise self._explain(exc) from None
         raise AssertionError("unreachable")
 
     async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
@@ -793,8 +824,7 @@ class PostgresStore(Store):
 
     async def external_write_seen(self) -> bool:
         if self._pool is None:
-            with anyio.CancelScope(shield=True):
-                await self._ensure_open()
+            await self._ensure_open()
         seen = self._notified or not self._listening or bool(self._gaps)
         self._notified = False
         return seen
@@ -970,3 +1000,146 @@ class PostgresStore(Store):
 
     async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
         return await self._write(lambda conn: self._recover_turns(conn, host, error))
+
+    async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
+        names = list(agents)
+        if not names:
+            return []
+
+        async def q(conn: Conn) -> list[tuple[str, str]]:
+            rows = await (
+                await conn.execute(
+                    "SELECT s.id, s.owner FROM sessions s LEFT JOIN agent_turns t ON t.session_id = s.id"
+                    " WHERE s.status = %s AND s.agent = ANY(%s) AND s.updated_at < %s"
+                    " AND (t.session_id IS NULL OR (t.runner IS NULL AND t.done_seq < (SELECT max(m.seq)"
+                    " FROM messages m WHERE m.session_id = s.id AND m.role = 'user'))) LIMIT 100",
+                    (Status.RUNNING.value, names, now_ms() - older_than_ms),
+                )
+            ).fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        return await self._read(q)
+
+    # web-app mirror outbox --------------------------------------------------------------------
+    #
+    # Several replicas drain one outbox: a claim leases rows with FOR UPDATE SKIP LOCKED, so two
+    # replicas claiming at once get disjoint rows and never wait for each other.
+
+    async def mirror_enqueue(self, session_id: str, owner: str) -> None:
+        ts = now_ms()
+
+        async def tx(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO mirror_outbox (session_id, owner, next_at, updated_at) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (session_id) DO UPDATE SET version = mirror_outbox.version + 1,"
+                " updated_at = excluded.updated_at,"
+                " next_at = CASE WHEN mirror_outbox.attempts = 0 THEN excluded.next_at ELSE mirror_outbox.next_at END",
+                (session_id, owner, ts, ts),
+            )
+
+        await self._write(tx)
+
+    async def mirror_claim(self, *, lease_ms: int, limit: int = 20) -> list[MirrorRow]:
+        ts = now_ms()
+
+        async def tx(conn: Conn) -> list[MirrorRow]:
+            rows = await (
+                await conn.execute(
+                    "UPDATE mirror_outbox SET lease_until = %s WHERE session_id IN ("
+                    " SELECT session_id FROM mirror_outbox WHERE version > synced_version AND next_at <= %s"
+                    " AND lease_until < %s ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                    " RETURNING session_id, owner, version, created, title, sent_seq, parent, attempts, last_error,"
+                    " next_at",
+                    (ts + lease_ms, ts, ts, limit),
+                )
+            ).fetchall()
+            rows.sort(key=lambda r: int(r[9]))
+            return [MirrorRow(r[0], r[1], int(r[2]), bool(r[3]), r[4], int(r[5]), r[6], int(r[7]), r[8]) for r in rows]
+
+        return await self._write(tx)
+
+    async def mirror_progress(
+        self,
+        session_id: str,
+        *,
+        created: bool | None = None,
+        title: str | None = None,
+        sent_seq: int | None = None,
+        parent: str | None = None,
+    ) -> None:
+        _no_nul(title, parent)
+        sets: list[LiteralString] = ["updated_at = %s"]
+        args: list[Any] = [now_ms()]
+        if created is not None:
+            sets.append("created = %s")
+            args.append(int(created))
+        if title is not None:
+            sets.append("title = %s")
+            args.append(title)
+        if sent_seq is not None:
+            sets.append("sent_seq = %s")
+            args.append(sent_seq)
+        if parent is not None:
+            sets.append("parent = %s")
+            args.append(parent)
+        statement = f"UPDATE mirror_outbox SET {', '.join(sets)} WHERE session_id = %s"
+
+        async def tx(conn: Conn) -> None:
+            await conn.execute(statement, (*args, session_id))
+
+        await self._write(tx)
+
+    async def mirror_done(self, session_id: str, version: int) -> None:
+        async def tx(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE mirror_outbox SET synced_version = GREATEST(synced_version, %s), attempts = 0,"
+                " last_error = NULL, lease_until = 0, next_at = %s, updated_at = %s WHERE session_id = %s",
+                (version, now_ms(), now_ms(), session_id),
+            )
+
+        await self._write(tx)
+
+    async def mirror_failed(self, session_id: str, error: str, *, retry_at_ms: int) -> None:
+        async def tx(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE mirror_outbox SET attempts = attempts + 1, last_error = %s, next_at = %s, lease_until = 0,"
+                " updated_at = %s WHERE session_id = %s",
+                (error[:1000].replace("\x00", ""), retry_at_ms, now_ms(), session_id),
+            )
+
+        await self._write(tx)
+
+    async def mirror_forget(self, session_id: str) -> None:
+        async def tx(conn: Conn) -> None:
+            await conn.execute("DELETE FROM mirror_outbox WHERE session_id = %s", (session_id,))
+
+        await self._write(tx)
+
+    async def mirror_next_due(self) -> int | None:
+        async def q(conn: Conn) -> int | None:
+            row = await (
+                await conn.execute(
+                    "SELECT min(GREATEST(next_at, lease_until)) FROM mirror_outbox WHERE version > synced_version"
+                )
+            ).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._read(q)
+
+    async def mirror_stats(self, *, failed_after: int) -> MirrorStats:
+        async def q(conn: Conn) -> MirrorStats:
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FILTER (WHERE version > synced_version),"
+                    " count(*) FILTER (WHERE version > synced_version AND attempts >= %s),"
+                    " count(*) FILTER (WHERE version <= synced_version),"
+                    " (SELECT last_error FROM mirror_outbox WHERE last_error IS NOT NULL"
+                    "  ORDER BY updated_at DESC LIMIT 1)"
+                    " FROM mirror_outbox",
+                    (failed_after,),
+                )
+            ).fetchone()
+            assert row is not None
+            return MirrorStats(int(row[0]), int(row[1]), int(row[2]), row[3])
+
+        return await self._read(q)
