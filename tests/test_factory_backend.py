@@ -157,30 +157,44 @@ async def test_positions_walk_cursor_pages(backend: FactoryBackend, emu: Factory
     await fresh.aclose()
 
 
-async def test_status_stays_running_until_the_turn_is_seen(emu: FactoryEmulator) -> None:
+async def test_status_stays_running_until_the_turn_is_seen(emu: FactoryEmulator, tmp_path: Path) -> None:
     # the service is slow to flip: right after the post it still says idle
     emu.start_lag_s = 0.4
     be = make(emu)
     sid = (await be.create_session(CreateRequest(principal=P))).session.native_id
-    svc = SessionService({"factory": be}, SqliteStore(emu_db := Path(f"/tmp/f-{time.time_ns()}.db")))
-    try:
-        progress: list[str] = []
+    svc = SessionService({"factory": be}, SqliteStore(tmp_path / "svc.db"))
+    progress: list[str] = []
 
-        async def on_progress(text: str) -> None:
-            progress.append(text)
+    async def on_progress(text: str) -> None:
+        progress.append(text)
 
-        with anyio.fail_after(10):
-            r = await svc.send_message(
-                P, session_id=f"factory:{sid}", text="late", role="user", wait=True, timeout_s=8, idempotency_key=None,
-                progress=on_progress,
-            )  # fmt: skip
-        assert r.status is Status.IDLE
-        assert [m.text for m in r.messages] == ["late", "echo: late"]
-        assert any("echo: late" in p for p in progress)
-    finally:
-        await be.aclose()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{emu_db}{suffix}").unlink(missing_ok=True)
+    with anyio.fail_after(10):
+        r = await svc.send_message(
+            P, session_id=f"factory:{sid}", text="late", role="user", wait=True, timeout_s=8, idempotency_key=None,
+            progress=on_progress,
+        )  # fmt: skip
+    assert r.status is Status.IDLE
+    assert [m.text for m in r.messages] == ["late", "echo: late"]
+    assert any("echo: late" in p for p in progress)
+    await be.aclose()
+
+
+async def test_waiting_polls_with_backoff(emu: FactoryEmulator, tmp_path: Path) -> None:
+    emu.reply_delay_s = 60
+    be = make(emu)
+    sid = (await be.create_session(CreateRequest(principal=P))).session.native_id
+    svc = SessionService({"factory": be}, SqliteStore(tmp_path / "svc.db"))
+    before = len(emu.requests)
+    started = time.monotonic()
+    r = await svc.send_message(
+        P, session_id=f"factory:{sid}", text="slow", role="user", wait=True, timeout_s=3, idempotency_key=None
+    )
+    assert r.status is Status.RUNNING and time.monotonic() - started < 5
+    polls = [p for m, p in emu.requests[before:] if m == "GET" and p == f"/api/v0/sessions/{sid}"]
+    # 0.25 s growing by 1.6x to 3 s: about 6 watch polls in 3 s (12 at a fixed 0.25 s), plus the
+    # reads of the service itself (after the post, before and after waiting, after a change)
+    assert 5 <= len(polls) <= 11, len(polls)
+    await be.aclose()
 
 
 async def test_rename_interrupt_delete(backend: FactoryBackend, emu: FactoryEmulator) -> None:
