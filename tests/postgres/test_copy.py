@@ -43,6 +43,7 @@ async def _fill(path: Path) -> dict[str, Any]:
         owner, sid = ids[0]
         await store.turn_claim(owner, sid, upto_seq=1, runner="r", pid=os.getpid(), host=this_host(), lease_ms=60_000)
         await store.turn_release(sid, runner="r")
+        await store.mirror_enqueue(sid, owner)
         snapshot: dict[str, Any] = {}
         for owner, sid in ids:
             got = await store.list_messages(owner, sid, after_seq=0, limit=100)
@@ -69,7 +70,13 @@ def test_copy_moves_everything_and_verifies(tmp_path: Path, pg_url: str) -> None
     done = _cli(str(src), target)
     assert done.returncode == 0, done.stderr
     assert "hunter2" not in done.stdout + done.stderr
-    for table, rows in (("sessions", 6), ("messages", 30), ("idempotency", 1), ("agent_turns", 1)):
+    for table, rows in (
+        ("sessions", 6),
+        ("messages", 30),
+        ("idempotency", 1),
+        ("agent_turns", 1),
+        ("mirror_outbox", 1),
+    ):
         assert any(line.split()[:2] == [table, str(rows)] and "verified" in line for line in done.stdout.splitlines())
 
     async def check() -> None:
