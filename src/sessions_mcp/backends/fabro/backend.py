@@ -27,7 +27,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ...diagnostics import Check
-from ...errors import ConfigError, InvalidArgument, SessionsError, UnknownSession, Unsupported
+from ...errors import (
+    BadCursor,
+    ConfigError,
+    InvalidArgument,
+    ProtocolError,
+    SessionsError,
+    UnknownSession,
+    Unsupported,
+)
 from ...models import (
     Capabilities,
     MessagePage,
@@ -213,7 +221,7 @@ class FabroBackend(SessionBackend):
         fabro_id, _ = await self._resolve(principal, native_id)
         if fabro_id is None:
             if start:
-                raise InvalidArgument("bad cursor: this session has no messages yet")
+                raise BadCursor("this session has no messages yet")
             return MessagePage(items=[], has_more=False, status=Status.IDLE)
         detail = await self._detail(fabro_id, native_id)
         messages = turns_to_messages(fabro_id, detail.turns, detail.created_at)
@@ -252,13 +260,11 @@ class FabroBackend(SessionBackend):
                 offset = int(where)
             except ValueError:
                 raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
-        if self.client is None and not items:
-            self._api()
-        if self.client is None:
-            return SessionPage(items=items)
         room = q.limit - len(items)
         if room <= 0:
             return SessionPage(items=items, next_cursor=f"r:{offset}")
+        if self.client is None and items:
+            return SessionPage(items=items)  # drafts still list while Fabro is not configured
         client, _ = self._api()
         page = await client.list_sessions(limit=min(room, 100), offset=offset)
         wanted = [
@@ -314,7 +320,7 @@ class FabroBackend(SessionBackend):
         client, live = self._api()
         created = await client.create_session(CreateSessionRequest(content=prompt, model=model, system=system))
         if not is_fabro_id(created.id):
-            raise SessionsError(f"Fabro answered createSession with an id that is not a UUID ({created.id[:60]!r})")
+            raise ProtocolError(f"Fabro answered createSession with an id that is not a UUID ({created.id[:60]!r})")
         if live.available:
             # generation started with the create: subscribe at once (the linger hands it to the waiter)
             async with live.hold(created.id, self._handle(created.id)) as stream:
@@ -355,7 +361,7 @@ class FabroBackend(SessionBackend):
             if m.role == "user" and m.text == text:
                 return m
         # Fabro appends the user turn before answering 202; this is only for a server that does not
-        raise SessionsError(
+        raise ProtocolError(
             "Fabro accepted the message but it is not in the session's turns; call list_messages to check"
         )
 

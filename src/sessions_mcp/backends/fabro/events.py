@@ -82,6 +82,9 @@ class SessionStream:
         """True once ``version`` differs from ``since``; False after ``timeout`` seconds."""
         if self.version != since:
             return True
+        if self.closed:  # nothing will wake us: poll instead of spinning
+            await anyio.sleep(min(max(timeout, 0), 1.0))
+            return True
         with anyio.move_on_after(max(timeout, 0)):
             while self.version == since and not self.closed:
                 await self._changed.wait()
@@ -157,6 +160,7 @@ class LiveStreams:
             if s.refs == 0:
                 remaining = s.linger_until - time.monotonic()
                 if remaining <= 0:
+                    s.closed = True  # at once, so a hold() arriving before the cancel lands opens a new one
                     scope.cancel()
                     return
                 waiter = s._refs_changed  # pyright: ignore[reportPrivateUsage]
