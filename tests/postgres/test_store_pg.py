@@ -369,3 +369,32 @@ async def test_turns_nobody_started_are_found(stores: Open) -> None:
     assert await store.turn_orphans(agents=["command"], older_than_ms=-1000) == [(orphan.id, "o")]
     assert await store.turn_orphans(agents=["command"], older_than_ms=60_000) == []
     assert await store.turn_orphans(agents=[], older_than_ms=-1000) == []
+
+
+async def test_store_and_listener_survive_dropped_connections(stores: Open, pg_url: str) -> None:
+    """Every server connection is killed (a failover, a restart): writes go on, notifications resume."""
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
+    with anyio.fail_after(5):
+        while not (await a.describe())["listening"]:
+            await anyio.sleep(0.01)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'sessions-mcp'"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 4  # two pools and two listeners
+    # the pools hand out fresh connections; the listener reconnects, and says "maybe" meanwhile
+    assert await b.append_message("o", row.id, role="user", parts=[], text="after", new_status=None) is not None
+    with anyio.fail_after(5):
+        while not (await a.describe())["listening"]:
+            await anyio.sleep(0.02)
+        while await a.external_write_seen():
+            await anyio.sleep(0.01)
+    started = time.monotonic()
+    await b.append_message("o", row.id, role="user", parts=[], text="notified again", new_status=None)
+    with anyio.fail_after(2):
+        while not await a.external_write_seen():
+            await anyio.sleep(0.005)
+    assert time.monotonic() - started < 0.5
