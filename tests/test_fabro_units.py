@@ -145,6 +145,9 @@ def test_private_key_from_path_and_clear_errors(tmp_path: Path) -> None:
     f = tmp_path / "key.pem"
     f.write_text(pem)
     assert load_private_key(str(f)) is not None
+    import base64
+
+    assert load_private_key(base64.b64encode(pem.encode()).decode()) is not None  # fabro-web's env form
     with pytest.raises(ConfigError, match=r"JWT_PRIVATE_KEY.*readable file"):
         load_private_key(str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="could not be loaded"):

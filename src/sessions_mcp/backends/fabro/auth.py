@@ -27,7 +27,7 @@ CLOCK_SKEW_S = 5
 
 
 def load_private_key(value: str) -> Ed25519PrivateKey:
-    """An Ed25519 private key from PEM text or the path of a PEM file.
+    """An Ed25519 private key from PEM text, base64 of PEM text (as fabro-web stores it) or a PEM file path.
 
     Raises :class:`ConfigError` naming ``SESSIONS_MCP_FABRO__JWT_PRIVATE_KEY`` (never its content).
     """
@@ -37,6 +37,9 @@ def load_private_key(value: str) -> Ed25519PrivateKey:
     setting = "SESSIONS_MCP_FABRO__JWT_PRIVATE_KEY"
     text = value.strip()
     if "-----BEGIN" not in text:
+        decoded = _base64_pem(text)
+        if decoded is not None:
+            return load_private_key(decoded)
         path = Path(text).expanduser()
         try:
             text = path.read_text(encoding="utf-8")
@@ -59,6 +62,20 @@ def load_private_key(value: str) -> Ed25519PrivateKey:
             "use an Ed25519 key (`openssl genpkey -algorithm ed25519`)"
         )
     return key
+
+
+def _base64_pem(text: str) -> str | None:
+    """fabro-web's ``FABRO_JWT_PRIVATE_KEY`` may hold base64 of the PEM; accept it as is."""
+    import base64
+    import binascii
+
+    if not text.startswith("LS0t"):  # base64 of "-----"
+        return None
+    try:
+        decoded = base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded if "-----BEGIN" in decoded else None
 
 
 class JwtMinter:
