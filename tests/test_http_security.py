@@ -49,6 +49,15 @@ BUILDS: dict[str, dict[str, Any]] = {
         "allowed_origins": "https://app.example.com",
         "public_url": "https://mcp.example.com/mcp",
     },
+    "public-url-names-the-host": {
+        "host": "0.0.0.0",
+        "tokens": TOKENS,
+        "public_url": "https://sessions.example.org/mcp",
+    },
+}
+EXTRA_ACCEPTED: dict[str, list[dict[str, str]]] = {
+    "all-interfaces-with-auth": [{"host": "mcp.example.com"}, {"origin": "https://app.example.com"}],
+    "public-url-names-the-host": [{"host": "sessions.example.org"}, {"origin": "https://sessions.example.org"}],
 }
 
 
@@ -100,14 +109,13 @@ async def test_bad_host_and_origin_matrix(make_settings: Callable[..., Settings]
             {"origin": f"http://localhost:{port}"},
             {"origin": f"http://127.0.0.1:{port}"},
         ]
-        if build == "all-interfaces-with-auth":
-            accepted += [{"host": "mcp.example.com"}, {"origin": "https://app.example.com"}]
+        accepted += EXTRA_ACCEPTED.get(build, [])
         for good in accepted:
             r = await http.post(
                 f"{served.url}/mcp", headers=_headers(build, good.get("host"), good.get("origin")), json=INIT
             )
             assert r.status_code == 200, (good, r.status_code, r.text)
-        if build != "all-interfaces-with-auth":  # a host allowed elsewhere is not allowed here
+        if build not in EXTRA_ACCEPTED:  # a host allowed elsewhere is not allowed here
             r = await http.post(f"{served.url}/mcp", headers=_headers(build, "mcp.example.com"), json=INIT)
             assert r.status_code == 421
 

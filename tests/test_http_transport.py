@@ -124,11 +124,13 @@ async def test_runtime_started_once_for_many_sse_connections(make_settings: Call
     assert starts == 1
 
 
-async def test_graceful_shutdown_finishes_requests_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("transport", "era"), [("http", "legacy"), ("http", "auto"), ("sse", "legacy")])
+async def test_graceful_shutdown_finishes_requests_in_flight(tmp_path: Path, transport: str, era: str) -> None:
     """SIGTERM while list_messages waits: the answer still arrives, new connections are refused, exit 0."""
     with ServerProcess(tmp_path / "s.db") as server:
         url = server.started()
-        async with mcp_client(url, "http", "legacy") as c:
+        async with mcp_client(url, transport, era) as c, mcp_client(url, "sse", "legacy") as idle:
+            await idle.list_tools()  # an idle SSE connection must not hold the shutdown up
             sid = (await ok(c, "create_session", title="slow"))["session"]["id"]
             result: dict[str, Any] = {}
 
@@ -151,7 +153,7 @@ async def test_graceful_shutdown_finishes_requests_in_flight(tmp_path: Path) -> 
         async with httpx2.AsyncClient() as http:
             with pytest.raises(httpx2.TransportError):
                 await http.get(f"{url}/healthz")
-        rc = await anyio.to_thread.run_sync(lambda: server.terminate(signalled=True))
+        rc = await anyio.to_thread.run_sync(lambda: server.terminate(15, signalled=True))  # idle streams end too
         assert rc == 0, server.stderr
         assert "Traceback" not in server.stderr, server.stderr
 

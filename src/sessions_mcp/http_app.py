@@ -26,7 +26,7 @@ from collections.abc import AsyncGenerator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -71,7 +71,7 @@ def transport_security(http: HttpSettings) -> TransportSecuritySettings:
 
     Loopback names are allowed with any port and without one (a proxy on port 80 sends
     ``Host: localhost``); ``allowed_hosts``/``allowed_origins`` add to them; a concrete
-    (not wildcard) bind address is allowed as a Host too.
+    (not wildcard) bind address and the host of ``public_url`` are allowed too.
     """
     hosts: list[str] = []
     for name in LOOPBACK_HOSTS:
@@ -83,6 +83,11 @@ def transport_security(http: HttpSettings) -> TransportSecuritySettings:
     if bind and bind not in ("0.0.0.0", "::", "[::]") and not is_loopback(bind):  # noqa: S104
         literal = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
         hosts += [f"{literal}:*", literal]
+    if http.public_url:  # the server's own public name
+        public = urlsplit(http.public_url)
+        if public.netloc:
+            hosts.append(public.netloc.rpartition("@")[2])
+            origins.append(f"{public.scheme}://{public.netloc.rpartition('@')[2]}")
     hosts += http.allowed_hosts
     origins += http.allowed_origins
     return TransportSecuritySettings(
@@ -362,6 +367,8 @@ class _Server:
         with anyio.move_on_after(SHUTDOWN_GRACE_S):
             await self.built.in_flight.idle.wait()
         waited = time.monotonic() - started
+        # the last handler has returned; give its response a moment to be written to its stream
+        await anyio.sleep(0.25)
         if self.built.in_flight.count:
             log.warning(
                 "shutdown: %d request(s) still running after %.0f s; closing", self.built.in_flight.count, waited
