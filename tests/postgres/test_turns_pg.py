@@ -83,3 +83,40 @@ async def test_replica_killed_mid_turn_is_recovered_by_another(
     ran = sorted(p.read_text() for p in marks.glob("ran-*"))
     assert ran == ["quick one", "slow job"]  # each turn ran exactly once, across both replicas
     print(f"\ndead replica's turn failed by the survivor after {recovered_after:.1f}s")
+
+
+async def test_each_turn_runs_once_with_writers_on_every_replica(
+    tmp_path: Path, pg_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three replicas with agents; user messages for the same sessions arrive through different replicas."""
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("MARK_DIR", str(marks))
+    settings = pg_settings(local={"agent": "command", "agent_command": f"{sys.executable} {script}"})
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(client_for(build_server(settings), era)) for era in ("auto", "legacy", "auto")]  # fmt: skip
+        sids = []
+        for i in range(4):
+            created = await ok(clients[i % 3], "create_session", prompt=f"s{i} q0", wait=False)
+            sids.append(created["session"]["id"])
+
+        async def follow_up(i: int) -> None:
+            await ok(clients[(i + 1) % 3], "send_message", session_id=sids[i], text=f"s{i} q1", wait=False)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(follow_up, i)
+        for i, sid in enumerate(sids):
+            with anyio.fail_after(60):
+                while True:
+                    page = await ok(clients[(i + 2) % 3], "list_messages", session_id=sid, wait_s=5)
+                    answered = " ".join(m["text"] for m in page["messages"] if m["role"] == "assistant")
+                    if page["status"] == "idle" and f"s{i} q1" in answered:
+                        break
+            assert page["status"] == "idle"
+    prompts = [p.read_text() for p in marks.glob("ran-*")]
+    for i in range(4):  # every question reached the agent exactly once, whichever replica ran the turn
+        for q in ("q0", "q1"):
+            assert sum(p.count(f"s{i} {q}") for p in prompts) == 1, prompts
