@@ -21,5 +21,7 @@ echo "== ruff"
 .venv/bin/ruff format --check src tests bench
 echo "== pyright"
 .venv/bin/pyright
+echo "== bench smoke"
+.venv/bin/python bench/run.py --smoke --out "${TMPDIR:-/tmp}/sessions-mcp-bench-smoke.json"
 echo "== pytest"
 exec .venv/bin/python -m pytest -q "$@"
