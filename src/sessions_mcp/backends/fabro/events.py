@@ -176,6 +176,8 @@ class LiveStreams:
                     tg.start_soon(self._janitor, s, scope)
                     await self._read_forever(s, subject)
                     tg.cancel_scope.cancel()
+        except Exception:  # a bug here must not take the server's task group down
+            log.exception("Fabro event stream of %s stopped", s.fabro_id)
         finally:
             s.closed = True
             if s.generating:
