@@ -325,3 +325,39 @@ async def test_mutual_tls(tmp_path: Path) -> None:
             bad = await client.call_tool("list_sessions", {"backend": "fabro"})
             assert bad.is_error and "cannot reach Fabro" in bad.content[0].text  # type: ignore[union-attr]
         assert emu.violations == [], emu.violations
+
+
+async def test_replies_that_finish_before_the_wait_starts_are_not_missed(
+    keypair: tuple[str, Any], tmp_path: Path
+) -> None:
+    with FabroEmulator(public_key=keypair[1], allowed_usernames=(USER,), chunk_delay_s=0) as emu:
+        async with served(tmp_path, fabro_cfg(emu, keypair[0])) as c:
+            sid = (await call(c, "create_session", prompt="fast", timeout_s=10))["session"]["id"]
+            with anyio.fail_after(30):
+                for i in range(10):
+                    r = await call(c, "send_message", session_id=sid, text=f"m{i}", timeout_s=10)
+                    assert r["status"] == "idle" and texts(r) == [f"m{i}", f"echo: m{i}"]
+        assert emu.violations == [], emu.violations
+
+
+async def test_long_poll_wakes_on_the_event_not_on_a_timer(
+    emu: FabroEmulator, tmp_path: Path, keypair: tuple[str, Any]
+) -> None:
+    async with served(tmp_path, fabro_cfg(emu, keypair[0])) as c:
+        first = await call(c, "create_session", prompt="a", timeout_s=10)
+        sid = first["session"]["id"]
+        emu.hold_agent()
+        sent = await call(c, "send_message", session_id=sid, text="b", wait=False)
+        assert sent["status"] == "running"
+        got: dict[str, Any] = {}
+
+        async def poll() -> None:
+            got.update(await call(c, "list_messages", session_id=sid, after=sent["cursor"], wait_s=30))
+
+        with anyio.fail_after(10):  # far below wait_s: only the event can end the poll this early
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                while emu.subscriber_count() == 0:
+                    await anyio.sleep(0.01)
+                emu.release_agent()
+        assert texts(got) == ["echo: b"] and got["status"] in ("idle", "running")
