@@ -90,6 +90,7 @@ async def test_one_client_round_robin_over_three_stateless_replicas(replicas3: l
     async with balanced_client(replicas3, era) as (asker, lb_a), balanced_client(replicas3, "auto", 1) as (answerer, _):
         created = await ok(asker, "create_session", prompt="spread me", title=f"rr {era}")
         sid, cursor = created["session"]["id"], created["cursor"]
+        latencies: list[float] = []
         for i in range(3):
             got: dict[str, Any] = {}
 
@@ -104,7 +105,7 @@ async def test_one_client_round_robin_over_three_stateless_replicas(replicas3: l
                 await ok(answerer, "send_message", session_id=sid, text=f"reply {i}", role="assistant")
                 written = time.monotonic()
             assert [m["text"] for m in got["messages"]] == [f"reply {i}"]
-            assert time.monotonic() - written < 2.0
+            latencies.append(time.monotonic() - written)
             cursor = got["next_cursor"]
             sent = await ok(asker, "send_message", session_id=sid, text=f"question {i + 1}")
             assert sent["status"] == "awaiting_reply"
@@ -113,6 +114,9 @@ async def test_one_client_round_robin_over_three_stateless_replicas(replicas3: l
         texts = [m["text"] for m in page["messages"]]
         assert texts == ["spread me", "reply 0", "question 1", "reply 1", "question 2", "reply 2", "question 3"]
         assert len(lb_a.hits) == 3 and min(lb_a.hits.values()) >= 3, lb_a.hits  # every replica served this client
+        # write acknowledged -> the wait on another replica returned to its client (over loaded CI: generous)
+        assert max(latencies) < 1.5, latencies
+        print(f"\nround-robin {era}: wake-up after the write {', '.join(f'{x * 1000:.0f} ms' for x in latencies)}")
 
 
 async def test_listener_on_one_replica_hears_writes_through_the_others(replicas3: list[ServerProcess]) -> None:
