@@ -191,6 +191,7 @@ async def test_idempotency_claim_has_one_winner(stores: Open) -> None:
 async def test_write_on_one_replica_is_seen_by_another_within_500ms(stores: Open) -> None:
     a: PostgresStore = await stores()
     b: PostgresStore = await stores()
+    a.safety_poll_s = 3600  # only NOTIFY may say so here
     row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
     with anyio.fail_after(5):
         while not (await a.describe())["listening"]:
@@ -375,6 +376,7 @@ async def test_store_and_listener_survive_dropped_connections(stores: Open, pg_u
     """Every server connection is killed (a failover, a restart): writes go on, notifications resume."""
     a: PostgresStore = await stores()
     b: PostgresStore = await stores()
+    a.safety_poll_s = 3600
     row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
     with anyio.fail_after(5):
         while not (await a.describe())["listening"]:
@@ -398,3 +400,25 @@ async def test_store_and_listener_survive_dropped_connections(stores: Open, pg_u
         while not await a.external_write_seen():
             await anyio.sleep(0.005)
     assert time.monotonic() - started < 0.5
+
+
+async def test_a_lost_notification_only_delays_the_wake_up(stores: Open) -> None:
+    """If NOTIFY never arrives (e.g. a pooler in transaction mode), the safety poll still finds the write."""
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    a.safety_poll_s = 0.3
+    b._channel = "nobody_listens_here"  # b's notifications go nowhere
+    row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
+    with anyio.fail_after(5):
+        while not (await a.describe())["listening"]:
+            await anyio.sleep(0.01)
+        while await a.external_write_seen():
+            await anyio.sleep(0.01)
+    base = await a.last_change()
+    await b.append_message("o", row.id, role="user", parts=[], text="quiet write", new_status=None)
+    started = time.monotonic()
+    with anyio.fail_after(2):
+        while not await a.external_write_seen():
+            await anyio.sleep(0.02)
+    assert time.monotonic() - started < 1.0
+    assert [c.session_id for c in await a.changes_since(base)] == [row.id]

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, LiteralString, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -264,6 +265,8 @@ class PostgresStore(Store):
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
         self._notified = True
+        self.safety_poll_s = 2.0
+        self._last_forced = time.monotonic()
         self._gaps: dict[int, int] = {}
         """First missing change seq -> snapshot xmax when first seen (see :meth:`changes_since`)."""
 
@@ -823,9 +826,17 @@ class PostgresStore(Store):
         return out
 
     async def external_write_seen(self) -> bool:
+        """True after a ``NOTIFY`` from another replica, while the listener is down, while a gap
+        in the change log is pending, and at least every :attr:`safety_poll_s` seconds: a
+        notification lost on the way (a pooler in transaction mode, a reconnect) delays a
+        wake-up by that much at worst, never forever."""
         if self._pool is None:
             await self._ensure_open()
-        seen = self._notified or not self._listening or bool(self._gaps)
+        now = time.monotonic()
+        due = now - self._last_forced >= self.safety_poll_s
+        seen = self._notified or not self._listening or bool(self._gaps) or due
+        if seen:
+            self._last_forced = now
         self._notified = False
         return seen
 
