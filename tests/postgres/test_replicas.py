@@ -189,3 +189,12 @@ async def test_two_server_processes_on_postgres(pg_url: str) -> None:
             with anyio.fail_after(25):
                 got = await ok(asker, "list_messages", session_id=sid, after=created["cursor"], wait_s=20)
         assert [m["text"] for m in got["messages"]] == ["LGTM"]
+
+
+async def test_nul_character_is_refused_with_advice(pg_settings: Callable[..., Settings]) -> None:
+    async with replicas(pg_settings(), ["auto"]) as reps:
+        (_, a) = reps[0]
+        sid = (await ok(a, "create_session", title="nul"))["session"]["id"]
+        r = await a.call_tool("send_message", {"session_id": sid, "text": "a\x00b"})
+        assert r.is_error and "NUL" in r.content[0].text  # type: ignore[union-attr]
+        assert (await ok(a, "get_session", session_id=sid))["message_count"] == 0
