@@ -9,6 +9,7 @@ the wrong page.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -58,6 +59,11 @@ def parse_handle(session_id: str, known: list[str]) -> Handle:
     return Handle(backend, native)
 
 
+# a page encodes one cursor per message: a cached digest and one shared encoder halve that cost
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
 def _fingerprint(session_id: str) -> str:
     return hashlib.blake2s(session_id.encode(), digest_size=6).hexdigest()
 
@@ -69,7 +75,7 @@ def encode_cursor(session_id: str, position: str | None, offset: int = 0) -> str
         payload["p"] = position
     if offset:
         payload["o"] = offset
-    raw = json.dumps(payload, separators=(",", ":")).encode()
+    raw = _COMPACT.encode(payload).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
