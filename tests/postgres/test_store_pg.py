@@ -422,3 +422,29 @@ async def test_a_lost_notification_only_delays_the_wake_up(stores: Open) -> None
             await anyio.sleep(0.02)
     assert time.monotonic() - started < 1.0
     assert [c.session_id for c in await a.changes_since(base)] == [row.id]
+
+
+async def test_a_long_transaction_elsewhere_cannot_stall_the_change_log(
+    stores: Open, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xmin is cluster-wide: an unrelated open transaction must not hold a rolled-back gap forever."""
+    from sessions_mcp.store import postgres as pg_module
+
+    monkeypatch.setattr(pg_module, "GAP_PATIENCE_S", 0.3)
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    row, _ = await b.create_session(owner="o", title=None, model=None, system=None, agent=None, status=Status.IDLE)
+    base = await a.last_change()
+    with psycopg.connect(pg_url) as long_tx, psycopg.connect(pg_url) as burner:
+        long_tx.execute("SELECT pg_current_xact_id()")  # holds xmin back until it ends
+        burner.execute("INSERT INTO changes (session_id, owner, kind, writer, at) VALUES ('x', 'o', 'message', 'x', 0)")
+        burner.rollback()  # base + 1 is burned
+        await b.append_message("o", row.id, role="user", parts=[], text="after the gap", new_status=None)
+        assert await a.changes_since(base) == []
+        started = time.monotonic()
+        with anyio.fail_after(3):
+            while not (got := await a.changes_since(base)):
+                await anyio.sleep(0.05)
+        assert [c.seq for c in got] == [base + 2]
+        assert time.monotonic() - started < 1.5
+        long_tx.rollback()

@@ -178,6 +178,8 @@ _SESSION_COLS: LiteralString = (
 )
 _MESSAGE_COLS: LiteralString = "session_id, seq, id, role, text, parts, created_at"
 _RETRIES = 8
+GAP_PATIENCE_S = 5.0
+"""Longest wait for a missing change-log seq whose transaction may still commit."""
 _DB_NOW: LiteralString = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
@@ -267,8 +269,8 @@ class PostgresStore(Store):
         self._notified = True
         self.safety_poll_s = 2.0
         self._last_forced = time.monotonic()
-        self._gaps: dict[int, int] = {}
-        """First missing change seq -> snapshot xmax when first seen (see :meth:`changes_since`)."""
+        self._gaps: dict[int, tuple[int, float]] = {}
+        """First missing change seq -> (snapshot xmax, monotonic time) when first seen (see :meth:`changes_since`)."""
 
     # errors --------------------------------------------------------------------------------
 
@@ -792,7 +794,10 @@ class PostgresStore(Store):
         A sequence value missing below a visible one belongs to a transaction that was still
         running when we looked, or that rolled back. We stop there and remember the snapshot's
         ``xmax``; once a later snapshot's ``xmin`` has passed it, every such transaction has
-        ended, so a value still missing was rolled back and is skipped.
+        ended, so a value still missing was rolled back and is skipped. ``xmin`` is cluster-wide,
+        so a long transaction of another application could hold it back: a gap is also skipped
+        after :data:`GAP_PATIENCE_S` (our change row is the last statement before ``COMMIT``, so
+        its own transaction ends within milliseconds).
         """
 
         async def q(conn: Conn) -> tuple[list[tuple[Any, ...]], int, int]:
@@ -817,8 +822,8 @@ class PostgresStore(Store):
         for r in rows:
             at = int(r[0])
             if at != expected:
-                threshold = self._gaps.setdefault(expected, xmax)
-                if xmin < threshold:
+                threshold, since = self._gaps.setdefault(expected, (xmax, time.monotonic()))
+                if xmin < threshold and time.monotonic() - since < GAP_PATIENCE_S:
                     break  # the missing one may still commit; look again on the next poll
                 self._gaps.pop(expected, None)
             out.append(Change(at, r[1], r[2], r[3], r[4]))
