@@ -17,11 +17,15 @@ Same guarantees as :mod:`.sqlite`, with these mechanisms:
   same transaction (delivered at commit). One dedicated connection per process ``LISTEN``s and
   sets a flag that :meth:`PostgresStore.external_write_seen` returns, so the change feed's
   100 ms follower wakes waiters within one poll of a commit on another replica. While that
-  connection is down the check answers True, so the feed falls back to reading the change log.
+  connection is down the check answers True, so the feed falls back to reading the change log,
+  and it answers True every 2 s anyway, so a lost notification only delays a wake-up.
 - **Change log order**: ``changes.seq`` comes from a sequence, and transactions can commit
   out of seq order. :meth:`PostgresStore.changes_since` therefore returns only the gap-free
   prefix; a gap is skipped only once every transaction that was running when it was first seen
-  has finished (snapshot ``xmin`` passed the recorded ``xmax``), i.e. its value was rolled back.
+  has finished (snapshot ``xmin`` passed the recorded ``xmax``), i.e. its value was rolled back
+  (or after :data:`GAP_PATIENCE_S`, since ``xmin`` also waits for other applications).
+- **Agent turns** are claimed under the session row lock (exactly one replica wins) with leases
+  on the database clock; the **mirror outbox** is leased with ``FOR UPDATE SKIP LOCKED``.
 
 Connecting and waiting for a pooled connection can be cancelled (``doctor`` and waits time
 out); once a transaction has its connection it runs shielded to its end (as SQLite's worker
