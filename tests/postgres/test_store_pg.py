@@ -73,6 +73,7 @@ async def test_password_never_appears_in_location_or_errors() -> None:
     for url in (
         f"postgresql://alice:{secret}@127.0.0.1:1/db",
         f"postgresql://alice@127.0.0.1:1/db?password={secret}&sslmode=disable",
+        f"postgresql://alice:{secret}@127.0.0.1:notaport/db",
     ):
         store = PostgresStore(url, connect_timeout_s=2)
         assert secret not in store.location and "***" in store.location

@@ -205,9 +205,13 @@ def redact_url(url: str) -> str:
 
 def _password_of(url: str) -> str | None:
     try:
-        return conninfo_to_dict(url).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # malformed: still find it, so no error message can echo it
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+    return str(password) if password else None
 
 
 def _session(row: Sequence[Any]) -> SessionRow:
@@ -279,7 +283,7 @@ class PostgresStore(Store):
     # errors --------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        if self._password:
+        if self._password and len(self._password) >= 4:  # shorter ones would garble the message
             text = text.replace(self._password, "***")
         return text.replace(self._url, self.location)
 
