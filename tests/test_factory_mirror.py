@@ -74,7 +74,7 @@ async def server(app: tuple[FactoryAppEmulator, Served], tmp_path: Path, era: st
         yield s
 
 
-async def settled(server: Server, timeout: float = 10.0) -> None:
+async def settled(server: Server, timeout: float = 20.0) -> None:
     """Wait until the worker found nothing due and every recorded change is mirrored."""
     with anyio.fail_after(timeout):
         while True:
@@ -116,15 +116,13 @@ async def test_web_app_down_loses_and_blocks_nothing_then_catches_up(
     server: Server, app: tuple[FactoryAppEmulator, Served], tmp_path: Path
 ) -> None:
     emulator, served = app
-    started = time.monotonic()
     sid = (await server.call("create_session", prompt="while down", title="t"))["session"]["id"]
     for i in range(3):
         await server.call("send_message", session_id=sid, text=f"reply {i}", role="assistant")
-    assert time.monotonic() - started < 5, "local writes waited for the web app"
     page = await server.call("list_messages", session_id=sid)
     assert [m["text"] for m in page["messages"]] == ["while down", "reply 0", "reply 1", "reply 2"]
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(20):
         while (await server.mirror.store.mirror_stats(failed_after=1)).failed == 0:
             await server.mirror.idle.wait()
             await anyio.sleep(0.02)
@@ -140,6 +138,26 @@ async def test_web_app_down_loses_and_blocks_nothing_then_catches_up(
     assert [t for _, t in emulator.texts(native)] == ["while down", "reply 0", "reply 1", "reply 2", "after"]
     report = await mirror_checks(settings_for(served.url, tmp_path), server.mirror.store)
     assert [c.level for c in report] == ["ok", "ok"] and "0 pending" in report[1].detail
+
+
+async def test_a_stalled_web_app_never_blocks_local_writes(
+    server: Server, app: tuple[FactoryAppEmulator, Served]
+) -> None:
+    emulator, served = app
+    served.__enter__()
+    emulator.inject(503, times=100, delay_s=4.0)  # every request hangs 4 s, then fails
+    started = time.monotonic()
+    sid = (await server.call("create_session", prompt="fast", title="stall"))["session"]["id"]
+    for i in range(3):
+        await server.call("send_message", session_id=sid, text=f"local {i}", role="assistant")
+    page = await server.call("list_messages", session_id=sid)
+    elapsed = time.monotonic() - started
+    assert elapsed < 4.0, f"local writes waited for the web app ({elapsed:.1f}s)"
+    assert [m["text"] for m in page["messages"]] == ["fast", "local 0", "local 1", "local 2"]
+    assert emulator.sessions == {}  # nothing reached the web app yet
+    emulator.faults.clear()
+    await settled(server)
+    assert [t for _, t in emulator.texts(sid.partition(":")[2])] == ["fast", "local 0", "local 1", "local 2"]
 
 
 async def test_failures_and_lost_answers_are_retried_without_duplicates(
@@ -165,7 +183,7 @@ async def test_outbox_survives_a_restart(app: tuple[FactoryAppEmulator, Served],
     first = Server(settings_for(served.url, tmp_path), era)
     async with first.client:
         sid = (await first.call("create_session", prompt="before restart"))["session"]["id"]
-        with anyio.fail_after(10):
+        with anyio.fail_after(20):
             while (await first.mirror.store.mirror_stats(failed_after=1)).failed == 0:
                 await first.mirror.idle.wait()
                 await anyio.sleep(0.02)
