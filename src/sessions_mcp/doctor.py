@@ -28,7 +28,7 @@ from pydantic import BaseModel, SecretStr
 
 from . import __version__
 from .diagnostics import Check
-from .errors import SessionsError
+from .errors import SchemaTooNew, SessionsError
 
 if TYPE_CHECKING:
     from .backends.base import SessionBackend
@@ -285,6 +285,9 @@ async def _postgres_checks(store: Store) -> list[Check]:
                 "check host, port and firewall in SESSIONS_MCP_LOCAL__DB",
             ),
         ]
+    except SchemaTooNew as exc:
+        fix = "upgrade sessions-mcp on every replica, or point SESSIONS_MCP_LOCAL__DB at another database"
+        return [*checks, Check("store: schema", "fail", str(exc), fix)]
     except Exception as exc:
         return [*checks, Check("store: connection", "fail", str(exc), "check SESSIONS_MCP_LOCAL__DB")]
     finally:
@@ -304,10 +307,14 @@ async def _postgres_checks(store: Store) -> list[Check]:
             )
         )
     else:
-        detail = f"schema {facts.get('schema_version') or 'none'}"
+        current = "current" if applied == known else f"{len(known) - len(applied)} migration(s) behind"
+        detail = f"schema {facts.get('schema_version') or 'none'} ({current})"
         if "sessions" in facts:
             detail += f"; {facts['sessions']} session(s), {facts.get('messages', 0)} message(s)"
         checks.append(Check("store: schema", "ok", detail))
+    if facts.get("server_version"):
+        size = f", database {_size(int(facts['size_bytes']))}" if facts.get("size_bytes") is not None else ""
+        checks.append(Check("store: server", "ok", f"PostgreSQL {facts['server_version']}{size}"))
     return checks
 
 
