@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import subprocess
 import tempfile
 import time
@@ -17,6 +19,7 @@ from lib import (
     Spread,
     Unavailable,
     bare_server_argv,
+    cpu_s,
     free_port,
     ours_argv,
     ratios,
@@ -47,11 +50,54 @@ def envelope(rid: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def throughput(url: str, name: str, arguments: dict[str, Any], seconds: float, warm: float) -> float:
-    """Calls per second completed by ``CLIENTS`` concurrent clients, each with its own connection."""
-    import httpx2
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection with hand-written requests: a client far cheaper than the
+    server it measures (an ``httpx2`` client in one process saturated its core before the server)."""
 
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+        self.reader, self.writer, self.port = reader, writer, port
+
+    @classmethod
+    async def connect(cls, port: int) -> RawHttp:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, port)
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = None
+        chunked = False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if not chunked:
+            return status, await self.reader.readexactly(length or 0)
+        parts: list[bytes] = []
+        while size := int((await self.reader.readline()).strip(), 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+        await self.reader.readline()
+        return status, b"".join(parts)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def throughput(
+    port: int, name: str, arguments: dict[str, Any], seconds: float, warm: float, pid: int
+) -> tuple[float, float]:
+    """Calls per second completed by ``CLIENTS`` concurrent clients, each with its own connection,
+    and the server's CPU use meanwhile (percent of one core: ~100 means the server is the bottleneck)."""
     headers = {
+        "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "tools/call",
@@ -62,24 +108,28 @@ async def throughput(url: str, name: str, arguments: dict[str, Any], seconds: fl
 
     async def client() -> None:
         nonlocal done
-        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        conn = await RawHttp.connect(port)
+        try:
             rid = 0
             while time.perf_counter() < end:
                 rid += 1
-                r = await http.post(url, json=envelope(rid, name, arguments))
-                r.raise_for_status()
-                body = r.json()
+                status, raw = await conn.post("/mcp", headers, json.dumps(envelope(rid, name, arguments)).encode())
+                body = json.loads(raw) if status == 200 else {}
                 if "result" not in body or body["result"].get("isError"):
-                    raise RuntimeError(f"{name} failed over HTTP: {r.text[:300]}")
+                    raise RuntimeError(f"{name} failed over HTTP ({status}): {raw[:300]!r}")
                 done += 1
+        finally:
+            await conn.close()
 
     end = time.perf_counter() + warm
     await asyncio.gather(*(client() for _ in range(CLIENTS)))  # warm-up: connections, caches
     done = 0
+    c0 = cpu_s(pid)
     t0 = time.perf_counter()
     end = t0 + seconds
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return done / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return done / elapsed, 100 * (cpu_s(pid) - c0) / elapsed
 
 
 async def run(report: Report, smoke: bool) -> None:
@@ -100,13 +150,15 @@ async def run(report: Report, smoke: bool) -> None:
             wait_for_port("127.0.0.1", p_bare)
             ours: list[float] = []
             bare: list[float] = []
+            cpu_ours: list[float] = []
+            cpu_bare: list[float] = []
             for _ in range(rounds):
-                bare.append(await throughput(f"http://127.0.0.1:{p_bare}/mcp", "echo", {"text": "hi"}, seconds, warm))
-                ours.append(
-                    await throughput(
-                        f"http://127.0.0.1:{p_ours}/mcp", "get_session", {"session_id": sid}, seconds, warm
-                    )
-                )
+                rate, cpu = await throughput(p_bare, "echo", {"text": "hi"}, seconds, warm, procs[1].pid)
+                bare.append(rate)
+                cpu_bare.append(cpu)
+                rate, cpu = await throughput(p_ours, "get_session", {"session_id": sid}, seconds, warm, procs[0].pid)
+                ours.append(rate)
+                cpu_ours.append(cpu)
         finally:
             for p in procs:
                 p.terminate()
@@ -121,7 +173,8 @@ async def run(report: Report, smoke: bool) -> None:
         Figure(
             "5.http",
             f"streamable HTTP `get_session` calls/s, {CLIENTS} concurrent clients (stateless 2026-07-28 requests, "
-            f"one connection each), {seconds:g} s per round, server under uvicorn on 127.0.0.1",
+            f"one keep-alive connection each), {seconds:g} s per round, server under uvicorn on 127.0.0.1; server CPU "
+            f"{Spread.of(cpu_ours).median:.0f}% of a core (bare {Spread.of(cpu_bare).median:.0f}%)",
             Spread.of(ours, "/s"),
             Spread.of(bare, "/s"),
             "bare SDK `streamable_http_app()` with one echo tool, same client",
