@@ -52,11 +52,13 @@ class Spread:
     max: float
     n: int
     unit: str = ""
+    values: list[float] = field(default_factory=list[float])
+    """Every round's value, in order (the JSON keeps them; the README shows median and range)."""
 
     @classmethod
     def of(cls, values: Sequence[float], unit: str = "") -> Spread:
-        v = list(values)
-        return cls(statistics.median(v), min(v), max(v), len(v), unit)
+        v = [round(x, 4) for x in values]
+        return cls(statistics.median(v), min(v), max(v), len(v), unit, v)
 
     def fmt(self, digits: int = 2) -> str:
         if self.n == 1:

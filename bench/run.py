@@ -124,8 +124,8 @@ METHOD = """\
 1. **Cold start**: spawn → first `initialize` answer over stdio, measured from the parent; the
    reference is `bench/servers/bare.py` (a bare `MCPServer` with one async `echo` tool, same SDK,
    same log level). Ours is `python -m sessions_mcp`, exactly as a client starts it, against an
-   existing database (the first start creates it and is not counted). 7 interleaved pairs after
-   one warm-up each. Import cost is asserted by `tests/test_import_cost.py` (which modules load,
+   existing database (the first start creates it and is not counted). 9 interleaved pairs after
+   one warm-up each; the budget uses the median of the per-pair ratios. Import cost is asserted by `tests/test_import_cost.py` (which modules load,
    via `sys.modules` in a subprocess), not by time.
 2. **stdio latency**: one server process each, a raw JSON-RPC client on the pipes (no SDK client
    cost in the numbers), sequential calls, 5 rounds of 400 with the kinds interleaved per round.
@@ -146,7 +146,8 @@ METHOD = """\
    stdio server; CPU from `/proc/PID/stat` over two heartbeat periods once every call is parked on
    the change feed. Reference: the bare server holding as many `anyio.sleep` calls. Wake-up is
    timed from the `send_message(role='assistant')` call to the waiter's answer, through the same
-   server and through a second sessions-mcp process on the same database.
+   server and through a second sessions-mcp process on the same database. A second server then
+   holds the same calls with a `progressToken` each (clients that reset timeouts on progress).
 7. **Memory**: RSS from `/proc` after 1,000 calls and after 100,000 (a mix of `get_session`,
    pages, `list_sessions` and an error answer, 4 in flight), and asyncio task / fd counts from a
    `bench_stats` tool added by `bench/servers/ours.py`. Reference: the bare echo server, same
