@@ -6,8 +6,10 @@ against the bare SDK echo p50 + 1 ms, all in the same run.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +45,7 @@ async def run(report: Report, smoke: bool) -> None:
 
     rounds, n, warm = (1, 40, 10) if smoke else (5, 300, 50)
     port = free_port()
+    scratch = tempfile.mkdtemp(prefix="bench-proxy-")  # the store keeps idempotency keys for every backend
     emu = subprocess.Popen([PY, str(BENCH / "servers" / "factory_emu.py"), str(port)], stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -65,7 +68,7 @@ async def run(report: Report, smoke: bool) -> None:
 
             env = server_env(None, SESSIONS_MCP_BACKENDS="factory", FACTORY_API_KEY=API_KEY,
                              SESSIONS_MCP_FACTORY__BASE_URL=base,
-                             SESSIONS_MCP_LOCAL__DB=str(Path(BENCH / "results" / ".unused.db")))  # fmt: skip
+                             SESSIONS_MCP_LOCAL__DB=str(Path(scratch) / "idempotency.db"))  # fmt: skip
             ours = await RawStdio.start(ours_argv(), env)
             bare = await RawStdio.start(bare_server_argv(), server_env())
             try:
@@ -94,8 +97,7 @@ async def run(report: Report, smoke: bool) -> None:
     finally:
         emu.terminate()
         emu.wait(10)
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(BENCH / "results" / ".unused.db") + suffix).unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     overhead = [m - g for m, g in zip(mcp_p50, get_p50, strict=True)]
     allowed = [e + 1.0 for e in echo_p50]
