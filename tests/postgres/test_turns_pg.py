@@ -109,13 +109,24 @@ async def test_each_turn_runs_once_with_writers_on_every_replica(
             for i in range(4):
                 tg.start_soon(follow_up, i)
         for i, sid in enumerate(sids):
-            with anyio.fail_after(60):
-                while True:
-                    page = await ok(clients[(i + 2) % 3], "list_messages", session_id=sid, wait_s=5)
-                    answered = " ".join(m["text"] for m in page["messages"] if m["role"] == "assistant")
-                    if page["status"] == "idle" and f"s{i} q1" in answered:
-                        break
-            assert page["status"] == "idle"
+            reader = clients[(i + 2) % 3]
+            answered, cursor, status = "", None, ""
+            try:
+                with anyio.fail_after(60):
+                    while status != "idle" or f"s{i} q1" not in answered:
+                        args: dict[str, object] = {"session_id": sid, "wait_s": 5}
+                        if cursor:
+                            args["after"] = cursor
+                        page = await ok(reader, "list_messages", **args)
+                        answered += " ".join(m["text"] for m in page["messages"] if m["role"] == "assistant")
+                        cursor, status = page["next_cursor"], page["status"]
+            except TimeoutError:
+                full = await ok(reader, "list_messages", session_id=sid)
+                raise AssertionError(
+                    f"session {i} never answered q1: {await ok(reader, 'get_session', session_id=sid)}, "
+                    f"{[(m['role'], m['text']) for m in full['messages']]}, runs: "
+                    f"{[p.read_text() for p in marks.glob('ran-*')]}"
+                ) from None
     prompts = [p.read_text() for p in marks.glob("ran-*")]
     for i in range(4):  # every question reached the agent exactly once, whichever replica ran the turn
         for q in ("q0", "q1"):
