@@ -455,6 +455,12 @@ class TurnRunner:
                 )
             elif status is not None:
                 await self.backend.set_status(owner, session_id, status, error)
+            if status is Status.IDLE:
+                # a user message stored (by another process) between the check above and our
+                # write would be left idle and never answered: look again after writing
+                newer = await self.store.list_messages(owner, session_id, after_seq=upto, limit=1, roles=["user"])
+                if newer is not None and newer[1]:
+                    await self.backend.set_status(owner, session_id, Status.RUNNING)
         except Exception:
             log.exception("could not record the end of the agent turn of local session %s", session_id)
 
