@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -193,3 +194,18 @@ def test_http_auth_is_checked_without_printing_tokens(
     code, out = doctor(make_settings())
     assert code == 1
     assert "refusing to serve on '0.0.0.0' without authentication" in " ".join(out.split())
+
+
+def test_local_agent_settings_are_checked(make_settings: Callable[..., Settings]) -> None:
+    code, out = doctor(make_settings(local={"agent": "command", "agent_command": "no-such-agent-cli -p"}))
+    assert code == 1
+    found = line(out, "local: agent")
+    assert found.startswith("FAIL") and "'no-such-agent-cli' is not on PATH" in found
+
+    code, out = doctor(make_settings(local={"agent": "command", "agent_command": f"{sys.executable} -c pass"}))
+    assert code == 0, out
+    assert line(out, "local: agent").startswith("ok")
+
+    code, out = doctor(make_settings(local={"agent": "openai", "openai_base_url": "http://127.0.0.1:11434/v1"}))
+    assert code == 1
+    assert "SESSIONS_MCP_LOCAL__OPENAI_MODEL" in line(out, "local: agent")
