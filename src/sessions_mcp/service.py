@@ -421,13 +421,9 @@ class SessionService:
                 last_progress = time.monotonic()
                 await progress("".join(streamed)[-2000:])
 
-        seen: tuple[int, Status] | None = None
         async with be.watch(principal, native, progress=on_delta) as watch:
+            page = await be.list_messages(principal, native, after=position, limit=200)
             while True:
-                page = await be.list_messages(principal, native, after=position, limit=200)
-                if seen is not None and seen != (len(page.items), page.status):
-                    await self._touched(be, native)
-                seen = (len(page.items), page.status)
                 replies = [m for m in page.items if m.role != "user"]
                 if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
                     return page.items, page.status
@@ -435,8 +431,13 @@ class SessionService:
                 if remaining <= 0:
                     return page.items, page.status
                 beat = max(0.0, HEARTBEAT_S - (time.monotonic() - last_progress))
-                changed = await watch.next(min(remaining, beat) if progress is not None else remaining)
-                if not changed and progress is not None and time.monotonic() - last_progress >= HEARTBEAT_S - 0.05:
+                if await watch.next(min(remaining, beat) if progress is not None else remaining):
+                    before = (len(page.items), page.status)
+                    page = await be.list_messages(principal, native, after=position, limit=200)
+                    if (len(page.items), page.status) != before:
+                        await self._touched(be, native)
+                elif progress is not None and time.monotonic() - last_progress >= HEARTBEAT_S - 0.05:
+                    # nothing changed: a heartbeat keeps timeout-resetting clients waiting, no re-read
                     last_progress = time.monotonic()
                     waited = int(last_progress - started)
                     what = "waiting for a reply" if page.status is Status.AWAITING_REPLY else "agent is working"

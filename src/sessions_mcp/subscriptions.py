@@ -49,6 +49,20 @@ _event_owner: ContextVar[str | None] = ContextVar("sessions_mcp_event_owner", de
 _listen_uris: ContextVar[frozenset[str]] = ContextVar("sessions_mcp_listen_uris", default=frozenset())
 
 
+def wants_progress(request_context: Any) -> bool:
+    """Whether the caller of this request asked for progress notifications.
+
+    Over JSON-RPC (stdio, HTTP, SSE) the token is in ``_meta``. The SDK's in-process dispatcher
+    delivers progress to a callback without a token, so there we cannot tell and say yes.
+    """
+    meta = getattr(request_context, "meta", None)
+    if isinstance(meta, dict) and meta.get("progress_token") is not None:  # pyright: ignore[reportUnknownMemberType]
+        return True
+    outbound: Any = getattr(getattr(request_context, "session", None), "_request_outbound", None)
+    outbound = getattr(outbound, "_inner", outbound)
+    return outbound is not None and not hasattr(outbound, "_progress_token")
+
+
 def parse_session_uri(uri: str) -> Handle | None:
     """``session://{backend}/{native}/(transcript|messages)`` -> handle, else None."""
     if not uri.startswith("session://"):

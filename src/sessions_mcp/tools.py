@@ -26,6 +26,7 @@ from .service import (
     SendMessageResult,
     SessionService,
 )
+from .subscriptions import wants_progress
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("sessions_mcp.audit")
@@ -104,8 +105,10 @@ def _guard(
     return deco
 
 
-def _progress(ctx: Context) -> Callable[[str], Awaitable[None]]:
-    """Progress reporter for this call (the SDK sends nothing when the caller asked for none)."""
+def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
+    """Progress reporter for this call, or None when the caller asked for no progress."""
+    if not wants_progress(ctx.request_context):
+        return None
     count = 0
 
     async def report(message: str) -> None:
