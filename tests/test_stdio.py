@@ -63,35 +63,26 @@ async def test_two_processes_one_asks_other_answers_while_waiting(tmp_path: Path
         created = await ok(asker, "create_session", prompt="please review PR 7", title="review")
         sid = created["session"]["id"]
 
-        async def answer() -> None:
+        async def answer(text: str) -> None:
+            # the answerer polls its inbox the way an agent would; the asker is already waiting
             with anyio.fail_after(20):
                 while True:
                     inbox = await ok(answerer, "list_sessions", status="awaiting_reply")
                     if any(s["id"] == sid for s in inbox["sessions"]):
                         break
                     await anyio.sleep(0.05)
-            # the asker is already waiting (long-poll below) when this lands
-            await ok(answerer, "send_message", session_id=sid, text="LGTM", role="assistant")
+            await ok(answerer, "send_message", session_id=sid, text=text, role="assistant")
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(answer)
+            tg.start_soon(answer, "LGTM")
             with anyio.fail_after(25):
                 got = await ok(asker, "list_messages", session_id=sid, after=created["cursor"], wait_s=20)
         assert [m["text"] for m in got["messages"]] == ["LGTM"]
         assert got["status"] == "idle"
 
         # and the blocking form: send_message(wait=True) returns the reply written by the other process
-        async def answer_again() -> None:
-            with anyio.fail_after(20):
-                while True:
-                    inbox = await ok(answerer, "list_sessions", status="awaiting_reply")
-                    if any(s["id"] == sid for s in inbox["sessions"]):
-                        break
-                    await anyio.sleep(0.05)
-            await ok(answerer, "send_message", session_id=sid, text="still LGTM", role="assistant")
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(answer_again)
+            tg.start_soon(answer, "still LGTM")
             sent = await ok(asker, "send_message", session_id=sid, text="and now?", wait=True, timeout_s=20)
         assert [m["text"] for m in sent["messages"]] == ["and now?", "still LGTM"]
         assert sent["status"] == "idle"
