@@ -232,7 +232,7 @@ def test_readme_toml_example_loads(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert settings.backends == ["local", "factory"]
     assert settings.local.agent == "command"
-    assert settings.local.agent_command == "claude -p"
+    assert settings.local.agent_command == "claude -p --output-format text"
 
 
 def test_readme_setup_commands() -> None:

@@ -206,6 +206,11 @@ def test_local_agent_settings_are_checked(make_settings: Callable[..., Settings]
     assert code == 0, out
     assert line(out, "local: agent").startswith("ok")
 
+    missing = {"agent": "command", "agent_command": f"{sys.executable} -c pass", "agent_cwd": "/no/such/folder"}
+    code, out = doctor(make_settings(local=missing))
+    assert code == 1
+    assert line(out, "local: agent folder").startswith("FAIL")
+
     code, out = doctor(make_settings(local={"agent": "openai", "openai_base_url": "http://127.0.0.1:11434/v1"}))
     assert code == 1
     assert "SESSIONS_MCP_LOCAL__OPENAI_MODEL" in line(out, "local: agent")

@@ -414,7 +414,18 @@ def _local_agent_checks(settings: Settings) -> list[Check]:
                     "install it, or give its full path in SESSIONS_MCP_LOCAL__AGENT_COMMAND",
                 )
             ]
-        return [Check("local: agent", "ok", f"command {argv[0]} ({found})")]
+        checks = [Check("local: agent", "ok", f"command {argv[0]} ({found})")]
+        cwd = local.agent_cwd
+        if cwd and "{" not in cwd and not Path(cwd).expanduser().is_dir():
+            checks.append(
+                Check(
+                    "local: agent folder",
+                    "fail",
+                    f"SESSIONS_MCP_LOCAL__AGENT_CWD {cwd} is not a folder",
+                    "create it, or use a path with {session_id} (created per session)",
+                )
+            )
+        return checks
     out: list[Check] = []
     if not local.openai_model:
         out.append(
