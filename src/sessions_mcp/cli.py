@@ -190,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(e) for e in exc.exceptions)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType, reportUnknownArgumentType]
+    return isinstance(exc, BrokenPipeError)
+
+
 def _serve(settings: Any, transport: str) -> int:
     import anyio
 
@@ -197,7 +203,11 @@ def _serve(settings: Any, transport: str) -> int:
         from .server import build_server
 
         mcp = build_server(settings)
-        anyio.run(mcp.run_stdio_async)
+        try:
+            anyio.run(mcp.run_stdio_async)
+        except BaseException as exc:  # the client closed our stdout: leave quietly, nothing to report
+            if not _only_broken_pipes(exc):
+                raise
         return 0
     from .http_app import serve_http
 

@@ -335,6 +335,7 @@ class SessionService:
         wait: bool | None,
         timeout_s: float,
         idempotency_key: str | None,
+        in_reply_to: str | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
     ) -> SendMessageResult:
@@ -345,10 +346,17 @@ class SessionService:
             raise InvalidArgument("role must be 'user' or 'assistant'")
         if role == "assistant" and not be.capabilities.assistant_messages:
             raise Unsupported(be.name, "take role='assistant' messages", "only the local mailbox takes them")
-        params = {"session_id": str(h), "text": text, "role": role}
+        reply_position: str | None = None
+        if in_reply_to is not None:
+            if role != "assistant":
+                raise InvalidArgument("in_reply_to goes with role='assistant' only")
+            reply_position, _ = decode_cursor(str(h), in_reply_to)
+        params = {"session_id": str(h), "text": text, "role": role, "in_reply_to": in_reply_to}
 
         async def write(dedupe: str | None) -> SendMessageResult:
-            msg = await be.send_message(principal, h.native_id, text, role, dedupe_key=dedupe)
+            msg = await be.send_message(
+                principal, h.native_id, text, role, dedupe_key=dedupe, in_reply_to=reply_position
+            )
             await self._touched(be, h.native_id)
             rec = await be.get_session(principal, h.native_id)
             sid = str(h)

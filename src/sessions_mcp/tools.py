@@ -201,6 +201,14 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         ] = None,
         timeout_s: Timeout = 45,
         idempotency_key: IdemKey = None,
+        in_reply_to: Annotated[
+            str | None,
+            Field(
+                description="With role='assistant': the cursor of the last message you read (next_cursor of "
+                "list_messages). A user message newer than it keeps the session awaiting_reply, so a question "
+                "asked while you were answering stays in the inbox."
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, SendMessageResult]:
         """Send a message to a session and, for a user message, optionally wait for the reply.
 
@@ -212,7 +220,8 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             raise ToolError("role must be 'user' or 'assistant'")
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
-            idempotency_key=idempotency_key, progress=_progress(ctx),
+            idempotency_key=idempotency_key,
+            in_reply_to=in_reply_to, progress=_progress(ctx),
         )  # fmt: skip
         out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
         replies = r.messages[1:]

@@ -112,9 +112,20 @@ class SessionBackend(ABC):
 
     @abstractmethod
     async def send_message(
-        self, principal: str, native_id: str, text: str, role: Role, *, dedupe_key: str | None = None
+        self,
+        principal: str,
+        native_id: str,
+        text: str,
+        role: Role,
+        *,
+        dedupe_key: str | None = None,
+        in_reply_to: str | None = None,
     ) -> StoredMessage:
-        """Append a message; a user message starts a turn where an agent is attached."""
+        """Append a message; a user message starts a turn where an agent is attached.
+
+        ``in_reply_to`` (an assistant message only) is the position of the last message the
+        answerer read: a user message after it keeps the session waiting for a reply.
+        """
 
     @abstractmethod
     async def get_session(self, principal: str, native_id: str) -> SessionRecord:

@@ -197,8 +197,13 @@ class Store(ABC):
         new_status: Status | None,
         error: str | None = None,
         dedupe_key: str | None = None,
+        unanswered_after_seq: int | None = None,
     ) -> tuple[SessionRow, MessageRow] | None:
         """Append a message and set the session status, in one transaction.
+
+        With ``unanswered_after_seq``, a ``new_status`` of ``idle`` becomes ``awaiting_reply``
+        when a user message with a higher seq exists (checked under the write lock): the reply
+        answered an earlier question, a newer one is still open.
 
         Returns None when the session is unknown. With a ``dedupe_key`` this store has seen,
         returns the earlier message and writes nothing.

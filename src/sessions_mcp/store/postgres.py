@@ -646,6 +646,7 @@ class PostgresStore(Store):
         new_status: Status | None,
         error: str | None = None,
         dedupe_key: str | None = None,
+        unanswered_after_seq: int | None = None,
     ) -> tuple[SessionRow, MessageRow] | None:
         _no_nul(text, error)
         parts_json = json.dumps(parts)
@@ -666,6 +667,24 @@ class PostgresStore(Store):
                 ).fetchone()
                 if old is not None:
                     return _session(row), _message(old)
+            status = new_status
+            if new_status is Status.IDLE and unanswered_after_seq is not None:
+                # lock the session first so a user message committing concurrently is seen or waits
+                locked = await (
+                    await conn.execute(
+                        "SELECT 1 FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
+                    )
+                ).fetchone()
+                if locked is None:
+                    return None
+                newer = await (
+                    await conn.execute(
+                        "SELECT 1 FROM messages WHERE session_id = %s AND seq > %s AND role = 'user' LIMIT 1",
+                        (session_id, unanswered_after_seq),
+                    )
+                ).fetchone()
+                if newer is not None:
+                    status = Status.AWAITING_REPLY
             # the row lock taken here is held until commit: seqs are unique and gap-free per session
             row = await (
                 await conn.execute(
@@ -675,8 +694,8 @@ class PostgresStore(Store):
                     f" WHERE id = %s AND owner = %s RETURNING {_SESSION_COLS}",
                     (
                         now_ms(),
-                        new_status.value if new_status else None,
-                        new_status.value if new_status else None,
+                        status.value if status else None,
+                        status.value if status else None,
                         error,
                         session_id,
                         owner,

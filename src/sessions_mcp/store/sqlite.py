@@ -460,6 +460,7 @@ class SqliteStore(Store):
         new_status: Status | None,
         error: str | None = None,
         dedupe_key: str | None = None,
+        unanswered_after_seq: int | None = None,
     ) -> tuple[SessionRow, MessageRow] | None:
         def tx(conn: sqlite3.Connection) -> tuple[SessionRow, MessageRow] | None:
             row = conn.execute(
@@ -483,6 +484,13 @@ class SqliteStore(Store):
                 (session_id, seq, mid, role, text, json.dumps(parts), ts, dedupe_key),
             )
             status = new_status or cur.status
+            if status is Status.IDLE and unanswered_after_seq is not None:
+                newer = conn.execute(
+                    "SELECT 1 FROM messages WHERE session_id = ? AND seq > ? AND role = 'user' LIMIT 1",
+                    (session_id, unanswered_after_seq),
+                ).fetchone()
+                if newer is not None:
+                    status = Status.AWAITING_REPLY
             err = error if status is Status.FAILED else None
             conn.execute(
                 "UPDATE sessions SET last_seq = ?, message_count = message_count + 1, updated_at = ?,"

@@ -329,7 +329,14 @@ class FabroBackend(SessionBackend):
         return created.id, created
 
     async def send_message(
-        self, principal: str, native_id: str, text: str, role: Role, *, dedupe_key: str | None = None
+        self,
+        principal: str,
+        native_id: str,
+        text: str,
+        role: Role,
+        *,
+        dedupe_key: str | None = None,
+        in_reply_to: str | None = None,
     ) -> StoredMessage:
         if role != "user":
             raise Unsupported(NAME, "take role='assistant' messages", "Fabro's agent writes the replies")

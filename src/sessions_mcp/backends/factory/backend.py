@@ -242,7 +242,14 @@ class FactoryBackend(SessionBackend):
         )
 
     async def send_message(
-        self, principal: str, native_id: str, text: str, role: Role, *, dedupe_key: str | None = None
+        self,
+        principal: str,
+        native_id: str,
+        text: str,
+        role: Role,
+        *,
+        dedupe_key: str | None = None,
+        in_reply_to: str | None = None,
     ) -> StoredMessage:
         if role != "user":
             raise Unsupported(self.name, "take role='assistant' messages", "Factory's agent writes the replies")

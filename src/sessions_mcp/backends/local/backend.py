@@ -254,7 +254,14 @@ class LocalBackend(SessionBackend):
     # --- messages ---------------------------------------------------------------------------
 
     async def send_message(
-        self, principal: str, native_id: str, text: str, role: Role, *, dedupe_key: str | None = None
+        self,
+        principal: str,
+        native_id: str,
+        text: str,
+        role: Role,
+        *,
+        dedupe_key: str | None = None,
+        in_reply_to: str | None = None,
     ) -> StoredMessage:
         row = await self._row(principal, native_id)
         attached = row.agent not in (None, MAILBOX)
@@ -278,6 +285,7 @@ class LocalBackend(SessionBackend):
             text=text,
             new_status=status,
             dedupe_key=dedupe_key,
+            unanswered_after_seq=_position(in_reply_to) if role == "assistant" and in_reply_to is not None else None,
         )
         if result is None:
             raise UnknownSession(f"local:{native_id}")
