@@ -20,7 +20,7 @@ from sessions_mcp.settings import FabroSettings, load_settings
 from sessions_mcp.store.sqlite import SqliteStore
 
 from .conftest import client_for
-from .emulators.fabro import FabroEmulator, new_keypair
+from .emulators.fabro import FabroEmulator, new_keypair, running
 
 pytestmark = pytest.mark.anyio
 USER = "backend-tester"
@@ -34,13 +34,8 @@ def keypair() -> tuple[str, Any]:
 
 @pytest.fixture
 def emu(keypair: tuple[str, Any]) -> Iterator[FabroEmulator]:
-    e = FabroEmulator(public_key=keypair[1], allowed_usernames=(USER,))
-    e.start()
-    try:
+    with running(keypair[1], (USER,)) as e:
         yield e
-    finally:
-        e.stop()
-    assert e.violations == [], e.violations
 
 
 def fabro_cfg(emu: FabroEmulator, pem: str, **extra: Any) -> dict[str, Any]:

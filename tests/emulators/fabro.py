@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -596,3 +596,15 @@ def _explain(exc: Exception) -> str:
         for sub in getattr(cause, "schema_errors", None) or []:
             parts.append(str(getattr(sub, "message", sub)))
     return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def running(public_key: Ed25519PublicKey, allowed_usernames: tuple[str, ...]) -> Iterator[FabroEmulator]:
+    """Serve an emulator on 127.0.0.1 for the block; afterwards, no contract violation may remain."""
+    emulator = FabroEmulator(public_key=public_key, allowed_usernames=allowed_usernames)
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+    assert emulator.violations == [], emulator.violations

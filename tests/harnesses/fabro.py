@@ -11,7 +11,7 @@ from mcp import Client
 
 from sessions_mcp.settings import Settings, load_settings
 
-from ..emulators.fabro import FabroEmulator, new_keypair
+from ..emulators.fabro import FabroEmulator, new_keypair, running
 
 
 class FabroHarness:
@@ -50,10 +50,5 @@ class FabroHarness:
 @asynccontextmanager
 async def HARNESS() -> AsyncIterator[FabroHarness]:
     pem, public = new_keypair()
-    emulator = FabroEmulator(public_key=public, allowed_usernames=("contract-tester",))
-    emulator.start()
-    try:
+    with running(public, ("contract-tester",)) as emulator:
         yield FabroHarness(emulator, pem)
-    finally:
-        emulator.stop()
-    assert emulator.violations == [], emulator.violations
