@@ -111,6 +111,8 @@ def part_text(
 
 def parts_text(parts: list[Any]) -> str:
     """The readable text of all parts (thinking and raw blocks are not part of it)."""
+    if len(parts) == 1 and type(parts[0]) is TextPart:  # nearly every message: one text block
+        return parts[0].text
     return "\n".join(t for t in (part_text(p) for p in parts) if t)
 
 

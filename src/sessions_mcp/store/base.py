@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ..models import Role, Status
 
@@ -36,9 +36,8 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    """A stored session."""
+class SessionRow(NamedTuple):
+    """A stored session (a named tuple: built once per row read, ~4x cheaper than a frozen dataclass)."""
 
     id: str
     owner: str
@@ -54,9 +53,8 @@ class SessionRow:
     message_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRow:
-    """A stored message; ``parts`` is the JSON list of neutral parts."""
+class MessageRow(NamedTuple):
+    """A stored message; ``parts`` is the JSON list of neutral parts (a named tuple, like SessionRow)."""
 
     session_id: str
     seq: int

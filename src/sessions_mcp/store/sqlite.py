@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
+from pydantic_core import from_json
 
 from ..errors import SchemaTooNew, StoreBusy, StoreUnavailable
 from ..ids import new_message_id, new_native_id
@@ -75,7 +76,7 @@ def _message(row: sqlite3.Row | tuple[Any, ...]) -> MessageRow:
         id=row[2],
         role=row[3],
         text=row[4],
-        parts=json.loads(row[5]),
+        parts=from_json(row[5]),  # pydantic-core parses 4x faster than json.loads
         created_at=row[6],
     )
 
