@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,9 @@ async def test_cli_http_serves_and_writes_audit_lines(tmp_path: Path) -> None:
     for r in records:
         assert set(r) >= {"time", "principal", "tool", "session", "outcome", "latency_ms"}
         assert r["principal"] == "alice"
-    assert records[0]["outcome"] == "ok" and records[1]["session"] == sid
+    # the session id is recorded as a digest (SECURITY-AND-PERF E8), never in the clear
+    assert records[0]["outcome"] == "ok" and records[1]["session"] == hashlib.sha256(sid.encode()).hexdigest()[:16]
+    assert records[0]["session"] is None  # create_session names no session
+    assert sid not in server.stderr
     assert records[2]["outcome"] == "UnknownSession"
     assert ALICE not in server.stderr and server.stdout == ""
