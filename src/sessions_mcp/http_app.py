@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .audit import TRAIL
 from .auth import AuthConfig, build_auth
 from .errors import ConfigError
 from .settings import HttpSettings, Settings
@@ -290,18 +291,11 @@ class RedactSecrets(logging.Filter):
 def configure_http_logging(secrets: Iterable[str] = ()) -> None:
     """Audit lines (one JSON object per tool call) to stderr, and secret redaction on every handler."""
     redactor = RedactSecrets(secrets)
-    audit = logging.getLogger("sessions_mcp.audit")
-    audit.setLevel(logging.INFO)
-    if not any(getattr(h, "_sessions_mcp_audit", False) for h in audit.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))  # the message is already a JSON object
-        handler._sessions_mcp_audit = True  # type: ignore[attr-defined]
-        audit.addHandler(handler)
-    audit.propagate = False
+    TRAIL.write_to(sys.stderr, redactor.redact)
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in [*root.handlers, *audit.handlers]:
+    for handler in root.handlers:
         for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
             handler.removeFilter(old)
         handler.addFilter(redactor)

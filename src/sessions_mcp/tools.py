@@ -1,8 +1,6 @@
 """The eight session tools. Names, parameters and result fields are the public contract."""
 
 import functools
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from .audit import TRAIL
 from .errors import SessionsError
 from .models import Role, Session, Status
 from .principal import current_principal
@@ -30,7 +29,6 @@ from .service import (
 from .subscriptions import wants_progress
 
 log = logging.getLogger(__name__)
-audit = logging.getLogger("sessions_mcp.audit")
 P = ParamSpec("P")
 
 SessionId = Annotated[
@@ -55,28 +53,6 @@ def _result(model: BaseModel, text: str) -> CallToolResult:
     return CallToolResult(
         content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def session_digest(session_id: str) -> str:
-    """What the audit log records instead of a session id: the first 16 hex digits of its SHA-256."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
-
-
-def _audit(tool: str, session_id: object, outcome: str, started: float) -> None:
-    line = json.dumps(
-        {
-            "event": "tool_call",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "principal": current_principal(),
-            "tool": tool,
-            "session": session_digest(session_id) if isinstance(session_id, str) else None,
-            "outcome": outcome,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        }
-    )
-    # makeRecord + handle skip the stack walk logging does to find the caller (unused by the format)
-    audit.handle(audit.makeRecord(audit.name, logging.INFO, __file__, 0, line, (), None))
 
 
 def _guard(
@@ -108,8 +84,11 @@ def _guard(
                     "details. Retry, and report it if it persists"
                 ) from None
             finally:
-                if audit.isEnabledFor(logging.INFO):
-                    _audit(tool, kwargs.get("session_id"), outcome, started)
+                if TRAIL.enabled:
+                    TRAIL.tool_call(
+                        principal=current_principal(), tool=tool, session_id=kwargs.get("session_id"),
+                        outcome=outcome, started=started,
+                    )  # fmt: skip
 
         return wrapper
 
