@@ -259,7 +259,10 @@ class SqliteStore(Store):
 
         return await anyio.to_thread.run_sync(run)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = True) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = True, single: bool = False) -> T:
+        """Run ``fn`` in one read transaction. ``single``: it runs one statement, which SQLite already
+        reads from one snapshot, so the explicit BEGIN/COMMIT (a third of a point read) is skipped."""
+
         def run() -> T:
             self._open_sync()
             with self._rlock:
@@ -267,6 +270,8 @@ class SqliteStore(Store):
                 assert conn is not None
 
                 def attempt() -> T:
+                    if single:
+                        return fn(conn)
                     conn.execute("BEGIN")
                     try:
                         return fn(conn)
@@ -275,12 +280,12 @@ class SqliteStore(Store):
 
                 return self._with_retry(attempt)
 
-        done = self._read_inline(fn) if inline else _MISS
+        done = self._read_inline(fn, single) if inline else _MISS
         if not isinstance(done, _Miss):
             return done
         return await anyio.to_thread.run_sync(run)
 
-    def _read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T | _Miss:
+    def _read_inline(self, fn: Callable[[sqlite3.Connection], T], single: bool = False) -> T | _Miss:
         """Run a read on the calling (event-loop) thread when that cannot block.
 
         WAL readers never wait for writers, and this connection has no busy timeout: anything
@@ -292,12 +297,13 @@ class SqliteStore(Store):
         if conn is None or not self._ilock.acquire(blocking=False):
             return _MISS
         try:
-            try:
-                conn.execute("BEGIN")
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    return _MISS
-                raise self._explain(exc) from None
+            if not single:
+                try:
+                    conn.execute("BEGIN")
+                except sqlite3.OperationalError as exc:
+                    if _is_busy(exc):
+                        return _MISS
+                    raise self._explain(exc) from None
             try:
                 return fn(conn)
             except sqlite3.OperationalError as exc:
@@ -307,7 +313,8 @@ class SqliteStore(Store):
             except sqlite3.DatabaseError as exc:
                 raise self._explain(exc) from None
             finally:
-                conn.execute("COMMIT")
+                if not single:
+                    conn.execute("COMMIT")
         finally:
             self._ilock.release()
 
@@ -372,7 +379,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _session(row) if row else None
 
-        return await self._read(q)
+        return await self._read(q, single=True)
 
     async def list_sessions(
         self,
@@ -401,7 +408,7 @@ class SqliteStore(Store):
         def q(conn: sqlite3.Connection) -> list[SessionRow]:
             return [_session(r) for r in conn.execute(text, args)]
 
-        return await self._read(q)
+        return await self._read(q, single=True)
 
     async def update_session(
         self,
@@ -593,7 +600,7 @@ class SqliteStore(Store):
             row = conn.execute("SELECT max(seq) FROM changes").fetchone()
             return int(row[0] or 0)
 
-        return await self._read(q)
+        return await self._read(q, single=True)
 
     async def changes_since(self, seq: int, *, limit: int = 1000) -> list[Change]:
         def q(conn: sqlite3.Connection) -> list[Change]:
@@ -603,7 +610,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [Change(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-        return await self._read(q)
+        return await self._read(q, single=True)
 
     async def external_write_seen(self) -> bool:
         def q() -> bool:
