@@ -22,6 +22,7 @@ from lib import (
     cpu_s,
     free_port,
     ours_argv,
+    ours_stats_argv,
     ratios,
     seed_session,
     server_env,
@@ -135,30 +136,38 @@ async def throughput(
 async def run(report: Report, smoke: bool) -> None:
     if not (ROOT / "src" / "sessions_mcp" / "http_app.py").is_file():
         raise Unavailable("src/sessions_mcp/http_app.py is not in this checkout")
-    rounds, seconds, warm = (1, 0.5, 0.1) if smoke else (3, 5.0, 0.5)
+    # short windows, paired and alternating in order: this machine's speed drifts by 20-30% from one
+    # 5 s window to the next, so only measurements close in time compare (median of pair ratios)
+    rounds, seconds, warm = (1, 0.5, 0.1) if smoke else (11, 1.5, 0.25)
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         db = Path(tmp) / "sessions.db"
         sid = "local:" + await seed_session(db, 10)
-        p_ours, p_bare = free_port(), free_port()
+        p_ours, p_bare, p_stack = free_port(), free_port(), free_port()
         procs = [
             subprocess.Popen([*ours_argv(), "--transport", "http", "--port", str(p_ours)], env=server_env(db),
                              stderr=subprocess.DEVNULL),
             subprocess.Popen([*bare_server_argv(), "http", str(p_bare)], env=server_env(), stderr=subprocess.DEVNULL),
+            # sessions-mcp's HTTP app with the bare server's echo tool: the HTTP stack alone
+            subprocess.Popen([*ours_stats_argv(), "http", str(p_stack)], env=server_env(db),
+                             stderr=subprocess.DEVNULL),
         ]  # fmt: skip
+        targets = {
+            "bare": (p_bare, "echo", {"text": "hi"}, procs[1].pid),
+            "ours": (p_ours, "get_session", {"session_id": sid}, procs[0].pid),
+            "stack": (p_stack, "echo", {"text": "hi"}, procs[2].pid),
+        }
+        rates: dict[str, list[float]] = {k: [] for k in targets}
+        cpus: dict[str, list[float]] = {k: [] for k in targets}
         try:
-            wait_for_port("127.0.0.1", p_ours)
-            wait_for_port("127.0.0.1", p_bare)
-            ours: list[float] = []
-            bare: list[float] = []
-            cpu_ours: list[float] = []
-            cpu_bare: list[float] = []
-            for _ in range(rounds):
-                rate, cpu = await throughput(p_bare, "echo", {"text": "hi"}, seconds, warm, procs[1].pid)
-                bare.append(rate)
-                cpu_bare.append(cpu)
-                rate, cpu = await throughput(p_ours, "get_session", {"session_id": sid}, seconds, warm, procs[0].pid)
-                ours.append(rate)
-                cpu_ours.append(cpu)
+            for port in (p_ours, p_bare, p_stack):
+                wait_for_port("127.0.0.1", port)
+            for i in range(rounds):
+                order = list(targets) if i % 2 == 0 else list(reversed(targets))
+                for key in order:
+                    port, name, arguments, pid = targets[key]
+                    rate, cpu = await throughput(port, name, arguments, seconds, warm, pid)
+                    rates[key].append(rate)
+                    cpus[key].append(cpu)
         finally:
             for p in procs:
                 p.terminate()
@@ -168,12 +177,25 @@ async def run(report: Report, smoke: bool) -> None:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+    ours, bare, cpu_ours, cpu_bare = rates["ours"], rates["bare"], cpus["ours"], cpus["bare"]
+    report.figure(
+        Figure(
+            "5.http_stack",
+            "streamable HTTP `echo` calls/s through sessions-mcp's own HTTP app (Host/Origin guard, body "
+            "limit, in-flight counter, SSE routes) with the bare server's echo tool added: "
+            "what the HTTP stack costs without any session work",
+            Spread.of(rates["stack"], "/s"),
+            Spread.of(bare, "/s"),
+            "bare SDK `streamable_http_app()`, same echo tool, same client",
+            ratios(rates["stack"], bare),
+        )
+    )
     r = ratios(ours, bare)
     report.figure(
         Figure(
             "5.http",
             f"streamable HTTP `get_session` calls/s, {CLIENTS} concurrent clients (stateless 2026-07-28 requests, "
-            f"one keep-alive connection each), {seconds:g} s per round, server under uvicorn on 127.0.0.1; server CPU "
+            f"one keep-alive connection each), {rounds} pairs of {seconds:g} s windows in alternating order, server under uvicorn on 127.0.0.1; server CPU "
             f"{Spread.of(cpu_ours).median:.0f}% of a core (bare {Spread.of(cpu_bare).median:.0f}%)",
             Spread.of(ours, "/s"),
             Spread.of(bare, "/s"),
