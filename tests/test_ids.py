@@ -11,7 +11,7 @@ import pytest
 from sessions_mcp.errors import BadCursor
 from sessions_mcp.ids import decode_cursor, encode_cursor
 
-POSITIONS = ["12", "", "0", "née/\"quoted\"\\back\u2028slash", "🙂 emoji", "a" * 300, None]
+POSITIONS = ["12", "", "0", 'née/"quoted"\\back\u2028slash', "🙂 emoji", "a" * 300, None]
 
 
 def reference_cursor(session_id: str, position: str | None, offset: int) -> str:
