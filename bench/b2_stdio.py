@@ -100,7 +100,8 @@ async def run(report: Report, smoke: bool) -> None:
             "stdio `list_messages(limit=50)` p50: what the store and the service add",
             Spread.of(p50["list_messages"], " ms"),
             Spread.of(p50["page"], " ms"),
-            "bare SDK tool returning the identical 50-message result (same output model, validated by the SDK)",
+            "bare SDK tool returning the identical 50-message result, published as sessions-mcp publishes it "
+            "(same outputSchema, result not re-validated)",
             r,
         )
     )

@@ -115,7 +115,9 @@ Reproduce (2 cores, ~10 minutes; nothing else heavy should run):
     .venv/bin/python bench/run.py --smoke        # seconds; CI runs this so the benchmarks never rot
 
 Profiling a miss: `py-spy record -p PID` on a server started by a benchmark, or `pyinstrument`
-in-process (both from PyPI; not project dependencies).
+in-process (both from PyPI; not project dependencies). `bench/percall.py` drives the real HTTP app
+in one process (µs per call; exact instruction counts under `valgrind --tool=callgrind`, see its
+docstring) to compare two versions of the tool path.
 """
 
 METHOD = """\

@@ -40,6 +40,12 @@ if "--page" in sys.argv:
             structured_content=captured["structuredContent"],
         )
 
+    # published like sessions-mcp publishes it: the schema is advertised, the result not re-validated
+    # (sessions_mcp.tools._publish_schema_only), so the difference is the store, service and rendering
+    _page_tool = mcp._tool_manager.get_tool("page")  # pyright: ignore[reportPrivateUsage]
+    assert _page_tool is not None
+    _page_tool.fn_metadata.output_model = None
+
 
 if "--stats" in sys.argv:
     from stats import add_stats_tool  # pyright: ignore[reportMissingImports]
