@@ -78,3 +78,27 @@ def server_env(db: Path | str, **extra: str) -> dict[str, str]:
 def server_command() -> list[str]:
     """How to start the installed server as a subprocess."""
     return [sys.executable, "-m", "sessions_mcp"]
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None when gone (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may wait a moment for init to reap it)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def agent_server_pid(agent_parent: int) -> int:
+    """The server that runs an agent whose parent is ``agent_parent``: on Linux that parent is the
+    guardian (agents/guardian.py), whose own parent is the server."""
+    if sys.platform != "linux":
+        return agent_parent
+    stat = proc_stat(agent_parent)
+    assert stat is not None, "the agent's parent is gone"
+    return int(stat[1])

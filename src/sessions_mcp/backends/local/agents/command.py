@@ -34,8 +34,10 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,8 +162,9 @@ class CommandAgent:
     ) -> None:
         program = Path(argv[0]).name
         try:
+            _check_program(argv[0], cwd=cwd, path=env.get("PATH"))
             process = await anyio.open_process(
-                argv,
+                guarded(argv),
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -255,6 +258,29 @@ async def _pump(process: Process, emit: Emit, done: anyio.Event) -> None:
             await emit(rest)
     finally:
         done.set()
+
+
+GUARDIAN = Path(__file__).with_name("guardian.py")
+
+
+def guarded(argv: list[str]) -> list[str]:
+    """``argv`` run under ``guardian.py`` (Linux): the agent's group is stopped if this server dies,
+    even by ``kill -9``. Elsewhere ``argv`` unchanged."""
+    if sys.platform != "linux":
+        return argv
+    return [sys.executable, "-I", "-S", str(GUARDIAN), str(os.getpid()), str(TERM_GRACE_S), "--", *argv]
+
+
+def _check_program(program: str, *, cwd: str | None, path: str | None) -> None:
+    """Raise what ``exec`` of ``program`` would (the guardian execs it, so check before starting it)."""
+    candidate = program
+    if os.sep in program and not os.path.isabs(program) and cwd:
+        candidate = os.path.join(cwd, program)
+    if shutil.which(candidate, path=path) is not None:
+        return
+    if os.sep in program and os.path.exists(candidate):
+        raise PermissionError(errno.EACCES, "not executable", program)
+    raise FileNotFoundError(errno.ENOENT, "not found", program)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
