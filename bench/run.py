@@ -45,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                    help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")  # fmt: skip
     p.add_argument("--out", type=Path, help="JSON results file (default: bench/results/latest.json for a full run)")
+    p.add_argument("--readme", action="store_true",
+                   help="only re-render bench/README.md from results/latest.json (e.g. after editing findings.md)")  # fmt: skip
     args = p.parse_args(argv)
 
+    if args.readme:
+        doc = json.loads((BENCH / "results" / "latest.json").read_text())
+        (BENCH / "README.md").write_text(render(doc))
+        print(f"table: {BENCH / 'README.md'} (from the run of {doc['date']})", file=sys.stderr)
+        return 0
     full = not args.smoke and not args.only
     out: Path = args.out or BENCH / "results" / (
         "latest.json" if full else "smoke.json" if args.smoke else "partial.json"
