@@ -51,6 +51,17 @@ def envelope(rid: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def call_headers(name: str) -> dict[str, str]:
+    """The HTTP headers of a 2026-07-28 ``tools/call`` of ``name``."""
+    return {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name,
+    }
+
+
 class RawHttp:
     """One keep-alive HTTP/1.1 connection with hand-written requests: a client far cheaper than the
     server it measures (an ``httpx2`` client in one process saturated its core before the server)."""
@@ -97,13 +108,7 @@ async def throughput(
 ) -> tuple[float, float]:
     """Calls per second completed by ``CLIENTS`` concurrent clients, each with its own connection,
     and the server's CPU use meanwhile (percent of one core: ~100 means the server is the bottleneck)."""
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": name,
-    }
+    headers = call_headers(name)
     done = 0
     end = 0.0
 

@@ -27,20 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from b5_http import call_headers, envelope  # pyright: ignore[reportMissingImports]
 from lib import seed_session  # pyright: ignore[reportMissingImports]
-
-MODERN = "2026-07-28"
-
-
-def envelope(rid: int, name: str, arguments: dict[str, Any]) -> bytes:
-    """A stateless 2026-07-28 ``tools/call``."""
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": {"name": "percall", "version": "0"},
-    }
-    params = {"name": name, "arguments": arguments, "_meta": meta}
-    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -90,16 +78,11 @@ async def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for key in chosen:
                     name, arguments = cases[key]
-                    headers = {
-                        "Content-Type": "application/json",
-                        "Accept": "application/json, text/event-stream",
-                        "MCP-Protocol-Version": MODERN,
-                        "Mcp-Method": "tools/call",
-                        "Mcp-Name": name,
-                    }
+                    headers = call_headers(name)
                     t0 = time.perf_counter()
                     for i in range(args.calls):
-                        r = await c.post("/mcp", content=envelope(i, name, arguments), headers=headers)
+                        body = json.dumps(envelope(i, name, arguments)).encode()
+                        r = await c.post("/mcp", content=body, headers=headers)
                         if r.status_code != 200 or r.json()["result"].get("isError"):
                             print(f"{name} failed: {r.status_code} {r.text[:300]}", file=out)
                             return 1
