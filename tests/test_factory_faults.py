@@ -18,6 +18,7 @@ import pytest
 from mcp import Client
 
 from sessions_mcp.server import build_server
+from sessions_mcp.service import FINAL_READ_GRACE_S
 from sessions_mcp.settings import load_settings
 
 from .conftest import client_for
@@ -127,6 +128,24 @@ async def test_stalled_reads_time_out(mcp: Client, emu: tuple[FactoryEmulator, s
     assert "ReadTimeout" in text
     emulator.faults.clear()
     await ok(mcp, "get_session", session_id=sid)
+
+
+async def test_a_hung_read_never_holds_a_wait_past_its_timeout(mcp: Client, emu: tuple[FactoryEmulator, str]) -> None:
+    """send_message(wait=True, timeout_s=2) with every message read stalling past the HTTP read timeout
+    (so each one would retry for ~6 s): the call still returns at its timeout, 'running', message written."""
+    emulator, _ = emu
+    emulator.reply_delay_s = 30
+    sid = (await ok(mcp, "create_session", title="hung"))["session"]["id"]
+    emulator.inject(method="GET", path_contains="/messages", times=100, delay_s=1.5)
+    started = time.monotonic()
+    with anyio.fail_after(20):
+        r = await ok(mcp, "send_message", session_id=sid, text="hello", wait=True, timeout_s=2)
+    took = time.monotonic() - started
+    assert took < 2 + FINAL_READ_GRACE_S + 1.0, f"the wait took {took:.1f} s"
+    assert r["status"] == "running" and [m["text"] for m in r["messages"]] == ["hello"]
+    emulator.faults.clear()
+    page = await ok(mcp, "list_messages", session_id=sid)
+    assert [m["text"] for m in page["messages"]] == ["hello"]  # written once
 
 
 async def test_post_that_may_have_landed_is_never_replayed(mcp: Client, emu: tuple[FactoryEmulator, str]) -> None:

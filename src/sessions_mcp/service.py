@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -88,6 +88,22 @@ def _check_text(text: str, what: str = "text") -> str:
             f"{what} is {len(text):,} characters; the limit is {MAX_TEXT:,}. Split it into several messages"
         )
     return text
+
+
+T = TypeVar("T")
+
+FINAL_READ_GRACE_S = 1.0
+"""How long past ``timeout_s`` the session is re-read for the result (else the last known one)."""
+
+
+async def bounded(deadline: float, read: Callable[[], Awaitable[T]]) -> T | None:
+    """``await read()``, or None when it has not finished by ``deadline`` (monotonic seconds).
+
+    Only for reads: abandoning one loses nothing.
+    """
+    with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+        return await read()
+    return None
 
 
 class SessionService:
@@ -394,16 +410,19 @@ class SessionService:
         sid: str = first.session.id
         native = sid.partition(":")[2]
         position, _ = decode_cursor(sid, cursor)
-        replies, status = await self._wait_for_turn(principal, be, native, position, timeout_s, progress)
+        deadline = time.monotonic() + timeout_s
+        replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
         budget = max(max_chars - sum(len(m.text) for m in first.messages), 1)
         more, next_cursor, _ = self.fit(sid, replies, start=position, offset=0, max_chars=budget)
-        rec = await be.get_session(principal, native)
+        # a healthy backend answers in milliseconds; a hung one must not hold the call past its timeout
+        rec = await bounded(deadline + FINAL_READ_GRACE_S, lambda: be.get_session(principal, native))
+        session = self.session(be.name, rec) if rec is not None else first.session.model_copy(update={"status": status})
         return first.model_copy(
             update={
                 "messages": [*first.messages, *more],
                 "cursor": next_cursor if more else cursor,
                 "status": status,
-                "session": self.session(be.name, rec),
+                "session": session,
             }
         )
 
@@ -413,11 +432,14 @@ class SessionService:
         be: SessionBackend,
         native: str,
         position: str | None,
-        timeout_s: float,
+        deadline: float,
         progress: Progress | None,
     ) -> tuple[list[StoredMessage], Status]:
-        """Wait until the turn after ``position`` ends or ``timeout_s`` passes. Never cancels work."""
-        deadline = time.monotonic() + timeout_s
+        """Wait until the turn after ``position`` ends or the ``deadline`` (monotonic) passes.
+
+        Never cancels work. Reads still running at the deadline are abandoned (they are reads: nothing
+        is lost), so a slow or hung backend cannot hold the call past its ``timeout_s``.
+        """
         started = time.monotonic()
         last_progress = started
         streamed: list[str] = []
@@ -430,7 +452,10 @@ class SessionService:
                 await progress("".join(streamed)[-2000:])
 
         async with be.watch(principal, native, progress=on_delta) as watch:
-            page = await be.list_messages(principal, native, after=position, limit=200)
+            read = await bounded(deadline, lambda: be.list_messages(principal, native, after=position, limit=200))
+            if read is None:
+                return [], Status.RUNNING  # the turn was started; nothing could be read in time
+            page = read
             while True:
                 replies = [m for m in page.items if m.role != "user"]
                 if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
@@ -441,7 +466,12 @@ class SessionService:
                 beat = max(0.0, HEARTBEAT_S - (time.monotonic() - last_progress))
                 if await watch.next(min(remaining, beat) if progress is not None else remaining):
                     before = (len(page.items), page.status)
-                    page = await be.list_messages(principal, native, after=position, limit=200)
+                    read = await bounded(
+                        deadline, lambda: be.list_messages(principal, native, after=position, limit=200)
+                    )
+                    if read is None:
+                        return page.items, page.status
+                    page = read
                     if (len(page.items), page.status) != before:
                         await self._touched(be, native)
                 elif progress is not None and time.monotonic() - last_progress >= HEARTBEAT_S - 0.05:
@@ -488,7 +518,13 @@ class SessionService:
                             last_beat = time.monotonic()
                             await progress(f"no new messages yet (status {page.status.value})")
                         continue
-                    page = await be.list_messages(principal, h.native_id, after=position, limit=limit, roles=roles)
+                    read = await bounded(
+                        deadline,
+                        lambda: be.list_messages(principal, h.native_id, after=position, limit=limit, roles=roles),
+                    )
+                    if read is None:
+                        break  # the wait is over; what was read before stands
+                    page = read
         msgs, next_cursor, cut = self.fit(sid, page.items, start=position, offset=offset, max_chars=max_chars)
         if not msgs and after:
             next_cursor = after
