@@ -14,7 +14,8 @@ that group, with the server's pipes as its stdin/stdout/stderr (this script neve
   period.
 - The exit status is the agent's (128 + N when signal N ended it).
 
-Only the standard library is used, and ``-S`` skips site-packages: it starts in ~15 ms.
+Only the standard library is used, and ``-S`` skips site-packages. It adds ~40 ms to the start of a
+turn (median 43 ms against 0.8 ms for running ``/bin/true`` directly, 30 runs each).
 """
 
 from __future__ import annotations
