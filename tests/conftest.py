@@ -45,7 +45,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _daemon_dir_per_test() -> Iterator[Path]:
+def daemon_dir() -> Iterator[Path]:
     """A fresh daemon runtime dir for each test; every daemon started in it is stopped by PID after.
 
     Short and under /tmp: a Unix socket path has at most 107 bytes.

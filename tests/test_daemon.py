@@ -22,9 +22,17 @@ from typing import IO, Any
 
 import pytest
 
-from .conftest import DAEMON_MODE, daemon_pids, is_running, server_command, server_env
+from . import conftest
+from .conftest import daemon_pids, is_running, server_command
 
-pytestmark = pytest.mark.skipif(DAEMON_MODE == "off", reason="the daemon is switched off for this run")
+
+def server_env(db: Path, **extra: str) -> dict[str, str]:
+    """A server's environment with the daemon on in this test's runtime dir, whatever the run's mode."""
+    env = conftest.server_env(db, **extra)
+    if env.pop("SESSIONS_MCP_DAEMON", None) is not None:
+        env.setdefault("SESSIONS_MCP_DAEMON__DIR", str(conftest._daemon_dir[-1]))  # pyright: ignore[reportPrivateUsage]
+    return env
+
 
 INIT = {
     "jsonrpc": "2.0",
