@@ -183,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arglist = list(sys.argv[1:] if argv is None else argv)
     args = parse(arglist)
     if (args.command or "serve") == "serve" and args.transport == "stdio" and not args.no_daemon:
-        from .daemon import common
+        from . import daemon
 
-        if common.enabled():
+        if daemon.enabled():
             from .daemon.relay import relay
 
             code = relay(arglist)

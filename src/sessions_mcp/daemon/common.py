@@ -23,7 +23,6 @@ from typing import Any
 
 from .. import __version__
 
-OFF_WORDS = frozenset({"off", "0", "false", "no"})
 DIR_ENV = "SESSIONS_MCP_DAEMON__DIR"
 IDLE_ENV = "SESSIONS_MCP_DAEMON__IDLE_S"
 DEFAULT_IDLE_S = 600.0
@@ -32,11 +31,6 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with the trail
 
 class DaemonUnavailable(Exception):
     """The daemon cannot be used here (runtime dir unsafe, path too long, spawn failed)."""
-
-
-def enabled() -> bool:
-    """False when ``SESSIONS_MCP_DAEMON`` says off (off, 0, false, no)."""
-    return os.environ.get("SESSIONS_MCP_DAEMON", "on").strip().lower() not in OFF_WORDS
 
 
 def idle_seconds() -> float:
