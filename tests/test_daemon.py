@@ -352,3 +352,23 @@ def test_the_relay_imports_no_sdk_and_no_pydantic(tmp_path: Path, clients: list[
     assert "sessions_mcp.daemon.relay" in imported
     heavy = {m for m in imported if m.split(".")[0] in ("mcp", "mcp_types", "pydantic", "anyio", "pydantic_settings")}
     assert heavy == set()
+
+
+def test_simultaneous_first_starts_share_one_daemon(tmp_path: Path, clients: list[Raw]) -> None:
+    """Three clients start at once with no daemon running: the lock lets exactly one daemon start."""
+    env = server_env(tmp_path / "s.db")
+    procs = [
+        subprocess.Popen(
+            server_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        for _ in range(3)
+    ]
+    raws = [Raw(p, p.stdout, p.stdin) for p in procs]  # type: ignore[arg-type]
+    clients.extend(raws)
+    for r in raws:
+        r.send(INIT)
+    for r in raws:
+        assert json.loads(r.rfile.readline())["id"] == 0
+    assert len(daemon_pids(runtime_dir(env))) == 1
+    for r in raws:
+        assert r.close() == 0
