@@ -59,11 +59,7 @@ class Daemon:
         sock_path = self.files["sock"]
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()  # stale; the relay that started us holds the lock
-        old_umask = os.umask(0o177)
-        try:
-            self.listener = await anyio.create_unix_listener(sock_path)
-        finally:
-            os.umask(old_umask)
+        self.listener = await anyio.create_unix_listener(sock_path, mode=0o600)
         self.sock_ino = sock_path.stat().st_ino
         self._write_meta()
         async with self.runtime.running(), anyio.create_task_group() as tg:
