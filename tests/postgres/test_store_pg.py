@@ -453,3 +453,26 @@ async def test_a_long_transaction_elsewhere_cannot_stall_the_change_log(
         assert [c.seq for c in got] == [base + 2]
         assert time.monotonic() - started < 1.5
         long_tx.rollback()
+
+
+async def test_notify_wakes_the_change_feed_at_once(stores: Open) -> None:
+    """The follower waits on NOTIFY itself: with the poll and the safety poll at an hour, a commit on
+    another replica still wakes a waiter."""
+    from sessions_mcp.store.feed import ChangeFeed
+
+    a: PostgresStore = await stores()
+    b: PostgresStore = await stores()
+    a.safety_poll_s = 3600
+    feed = ChangeFeed(a, poll_interval=3600)
+    async with anyio.create_task_group() as tg:
+        await feed.start(tg)
+        async with feed.interested():
+            with anyio.fail_after(10):
+                while not (await a.describe())["listening"]:
+                    await anyio.sleep(0.01)
+            for i in range(3):
+                ticket = feed.ticket()
+                await b.create_session(owner="o", title=f"t{i}", model=None, system=None, agent=None,
+                                       status=Status.IDLE)  # fmt: skip
+                assert await ticket.wait(60), "only NOTIFY could have woken it"
+        tg.cancel_scope.cancel()

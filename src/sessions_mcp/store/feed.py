@@ -2,9 +2,11 @@
 
 Writes made in this process are published directly (``publish``), so a waiter in the same
 process wakes at once. Writes made by other processes sharing the store are found by a
-follower task that polls the store's cheap "did anyone else commit?" check every
-``poll_interval`` seconds and then reads the change log. The follower runs only while
-somebody waits or listens; with nobody interested nothing polls.
+follower task that waits for the engine to hear of another process's commit (SQLite: a wake-up
+socket the writer pokes, :mod:`.wakeup`; PostgreSQL: ``NOTIFY``), or at worst polls every
+``poll_interval`` seconds, then asks the store's cheap "did anyone else commit?" check and reads
+the change log. The follower runs only while somebody waits or listens; with nobody interested
+nothing waits or polls.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class ChangeFeed:
     async def _follow(self) -> None:
         try:
             while self._interest > 0:
-                await anyio.sleep(self.poll_interval)
+                await self.store.wait_for_external(self.poll_interval)
                 try:
                     await self._poll_once()
                 except Exception:

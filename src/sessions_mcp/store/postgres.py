@@ -157,6 +157,7 @@ class PostgresStore(Store):
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
         self._notified = True
+        self._wake: anyio.Event | None = None
         self.safety_poll_s = 2.0
         self._last_forced = time.monotonic()
         self._gaps: dict[int, tuple[int, float]] = {}
@@ -294,6 +295,8 @@ class PostgresStore(Store):
                         async for note in conn.notifies(timeout=30.0):
                             if note.payload != self.writer_id:
                                 self._notified = True
+                                if self._wake is not None:
+                                    self._wake.set()
                         await conn.execute("SELECT 1")  # quiet for 30 s: make sure the link is alive
             except asyncio.CancelledError:
                 raise
@@ -405,6 +408,16 @@ class PostgresStore(Store):
             out.append(Change(at, r[1], r[2], r[3], r[4]))
             expected = at + 1
         return out
+
+    async def wait_for_external(self, fallback_s: float) -> None:
+        """At once after a ``NOTIFY`` from another replica; while the listener is down or a gap in the
+        change log is pending, after ``fallback_s``; else after :attr:`safety_poll_s` at most."""
+        if self._notified:
+            return
+        timeout = fallback_s if (self._gaps or not self._listening) else self.safety_poll_s
+        self._wake = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
 
     async def external_write_seen(self) -> bool:
         """True after a ``NOTIFY`` from another replica, while the listener is down, while a gap

@@ -35,9 +35,11 @@ from .base import Store
 from .dialect import Body, Retry, Row, Tx, run_sync, to_sqlite
 from .migrations import SQLITE_MIGRATIONS, migrate
 from .rows import TURN_LOST, new_writer_id, now_ms, this_host
+from .wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SAFETY_POLL_S = 2.0  # with wake-ups, the change feed still looks this often
 
 
 class _SqliteTx:
@@ -94,6 +96,7 @@ class SqliteStore(Store):
         self._data_version: int | None = None
         self._open_lock = threading.Lock()
         self.writer_id = new_writer_id()
+        self._wakeup: Wakeup | None = None
 
     # connection management ----------------------------------------------------------------
 
@@ -140,6 +143,8 @@ class SqliteStore(Store):
                 raise self._explain(exc) from None
             self._writer, self._reader, self._inline = writer, reader, inline
             self._data_version = None
+            if self._wakeup is None:
+                self._wakeup = Wakeup.for_database(self.path)
 
     def _explain(self, exc: sqlite3.Error) -> StoreUnavailable | StoreBusy:
         msg = str(exc)
@@ -180,6 +185,9 @@ class SqliteStore(Store):
                     if tx is not None:
                         tx.conn.close()
                 self._writer = self._reader = self._inline = None
+            if self._wakeup is not None:
+                self._wakeup.close()
+                self._wakeup = None
 
         await anyio.to_thread.run_sync(_close)
 
@@ -208,7 +216,10 @@ class SqliteStore(Store):
             with self._wlock:
                 tx = self._writer
                 assert tx is not None
-                return self._with_retry(lambda: self._in_transaction(tx, body))
+                result = self._with_retry(lambda: self._in_transaction(tx, body))
+            if self._wakeup is not None:
+                self._wakeup.poke()  # committed: wake the other processes' waiters now
+            return result
 
         return await anyio.to_thread.run_sync(run)
 
@@ -272,6 +283,16 @@ class SqliteStore(Store):
             self._ilock.release()
 
     # what only SQLite has -----------------------------------------------------------------------
+
+    async def wait_for_external(self, fallback_s: float) -> None:
+        """At once when another process pokes our wake-up socket (:mod:`.wakeup`), else after
+        :data:`SAFETY_POLL_S` (writers that cannot poke: other users, older versions); without a
+        wake-up socket, after ``fallback_s``."""
+        wakeup = self._wakeup
+        if wakeup is None or not wakeup.listen():
+            await anyio.sleep(fallback_s)
+            return
+        await wakeup.wait(max(fallback_s, SAFETY_POLL_S))
 
     async def external_write_seen(self) -> bool:
         def q() -> bool:
