@@ -28,4 +28,5 @@ echo "== pytest, stdio servers in-process (SESSIONS_MCP_DAEMON=off)"
 SESSIONS_MCP_TEST_DAEMON=off .venv/bin/python -m pytest -q tests/test_stdio.py tests/test_agents_crash.py \
   tests/test_subscriptions.py tests/test_guardian.py tests/test_views.py
 echo "== pytest"
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers by default (this is sized for a 2-core machine); SESSIONS_MCP_TEST_WORKERS=0 runs serially.
+exec .venv/bin/python -m pytest -q -n "${SESSIONS_MCP_TEST_WORKERS:-2}" "$@"
