@@ -74,10 +74,11 @@ def daemon_pids(path: Path) -> list[int]:
     pids: list[int] = []
     for meta in path.glob("daemon-*.json"):
         try:
-            pid = json.loads(meta.read_text())["pid"]
+            data = json.loads(meta.read_text())
+            pid = data["pid"]
         except (OSError, ValueError, KeyError):
             continue
-        if is_daemon(pid):
+        if is_daemon(pid, data.get("start_time")):
             pids.append(pid)
     return pids
 

@@ -124,17 +124,21 @@ def meta_path(directory: Path, pid: int) -> Path:
     return directory / f"daemon-{pid}.json"
 
 
-def is_daemon(pid: int) -> bool:
-    """True when ``pid`` runs and is a sessions-mcp daemon (not a recycled PID)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_daemon(pid: int, started: int | None) -> bool:
+    """True when ``pid`` runs and is the process a description file recorded (not a recycled PID)."""
     if not pid_alive(pid):
         return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"sessions_mcp.daemon.server" in f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): trust the description file
-        return True
+    now = start_time(pid)
+    return now is None or started is None or now == started
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -47,7 +47,7 @@ def list_daemons(directory: Path) -> list[dict[str, Any]]:
         return out
     for path in sorted(directory.glob("daemon-*.json")):
         meta = read_meta(path)
-        if not meta or not isinstance(meta.get("pid"), int) or not is_daemon(meta["pid"]):
+        if not meta or not isinstance(meta.get("pid"), int) or not is_daemon(meta["pid"], meta.get("start_time")):
             continue
         live = ask(Path(meta["socket"]), {"op": "status"})
         # a retired daemon no longer listens, and the socket may be its successor's

@@ -14,16 +14,13 @@ import contextlib
 import fcntl
 import json
 import os
-import select
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from .common import SUN_PATH_MAX, DaemonUnavailable, config_key, encode, paths, peer_uid, runtime_dir, version_id
 
-START_TIMEOUT_S = 120.0
 LOG_MAX_BYTES = 1_000_000
 # $0 is "sessions-mcp" so the waiting process is recognisable in ps; the daemon writes the exit
 # status as one line when the session ends
@@ -32,14 +29,6 @@ WAITER = (
     'echo "sessions-mcp: lost the connection to its daemon; restart the server '
     '(sessions-mcp daemon status shows the daemons)" >&2; exit 1'
 )
-
-
-class StartFailed(Exception):
-    """The daemon refused to start: its message is what the in-process server would have printed."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def relay(argv: list[str]) -> int | None:
@@ -51,9 +40,6 @@ def relay(argv: list[str]) -> int | None:
         if len(os.fsencode(files["sock"])) > SUN_PATH_MAX:
             raise DaemonUnavailable(f"the socket path {files['sock']} is too long for a Unix socket")
         sock, leftover = _attach(argv, files)
-    except StartFailed as exc:
-        print(f"sessions-mcp: {exc}", file=sys.stderr)
-        return exc.code
     except (DaemonUnavailable, OSError) as exc:
         print(f"sessions-mcp: serving in-process, the daemon is unavailable: {exc}", file=sys.stderr)
         return None
@@ -61,7 +47,11 @@ def relay(argv: list[str]) -> int | None:
 
 
 def _attach(argv: list[str], files: dict[str, Path]) -> tuple[socket.socket, bytes]:
-    """Connect to a current daemon (starting or replacing it under the lock) and hand over stdio."""
+    """The control socket of this connection, served by a current daemon.
+
+    Under the lock: connect (replacing a daemon of another version), or start a daemon that
+    serves this connection itself, straight from the descriptors it inherits.
+    """
     me = version_id()
     lock = os.open(files["lock"], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -69,8 +59,7 @@ def _attach(argv: list[str], files: dict[str, Path]) -> tuple[socket.socket, byt
         for _attempt in range(4):
             sock = _connect(files["sock"])
             if sock is None:
-                _spawn(argv, files)
-                continue
+                return _spawn(argv, files, lock), b""
             hello, _ = _read_line(sock)
             if hello is None:  # exiting as we connected: start a new one
                 sock.close()
@@ -119,8 +108,15 @@ def _read_line(sock: socket.socket) -> tuple[dict[str, Any] | None, bytes]:
     return json.loads(line), rest
 
 
-def _spawn(argv: list[str], files: dict[str, Path]) -> None:
-    """Start the daemon detached (double fork, own session) and wait until it listens or fails."""
+def _spawn(argv: list[str], files: dict[str, Path], lock: int) -> socket.socket:
+    """Start the daemon detached (double fork, own session), serving this connection; its control socket.
+
+    The daemon is this process forked, not a new interpreter: it inherits the interpreter this
+    relay already started (and its environment, working directory and ``sys.path``, exactly what
+    an in-process server would have) and this connection's stdin, stdout and stderr, so the first
+    start costs what an in-process start costs. It inherits the lock too and releases it once it
+    listens. Errors (a bad setting) reach the client's stderr as they would in-process.
+    """
     with contextlib.suppress(FileNotFoundError):
         files["sock"].unlink()  # stale: nobody answered on it, and we hold the lock
     log = files["log"]
@@ -128,60 +124,38 @@ def _spawn(argv: list[str], files: dict[str, Path]) -> None:
         if log.stat().st_size > LOG_MAX_BYTES:
             log.unlink()
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    ready_r, ready_w = os.pipe()
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from sessions_mcp.daemon.server import main; "
-        "raise SystemExit(main(sys.argv[2:]))"
-    )
-    args = [
-        sys.executable,
-        "-P",
-        "-c",
-        code,
-        str(Path(__file__).resolve().parents[2]),
-        str(ready_w),
-        files["sock"].stem,
-    ]
-    args += ["--", *argv]
+    ours, theirs = socket.socketpair()
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child execs or exits at once
+    if pid == 0:  # pragma: no cover - runs in the forked children, which never return here
+        code = 1
         try:
             os.setsid()
             if os.fork() == 0:
+                ours.close()
+                client = (os.dup(0), os.dup(1), os.dup(2))
                 null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, 0)
                 os.dup2(null, 1)
                 os.dup2(log_fd, 2)
-                os.set_inheritable(ready_w, True)
-                os.execv(sys.executable, args)  # noqa: S606 - our own interpreter, fixed argv
+                os.close(null)
+                os.close(log_fd)
+                from .server import main as daemon_main
+
+                code = daemon_main(files["sock"].stem, argv, lock=lock, first=(*client, theirs))
+            else:
+                code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
-            os._exit(0)
-    os.close(ready_w)
+            os._exit(code)
+    theirs.close()
     os.close(log_fd)
     os.waitpid(pid, 0)
-    try:
-        answer = _read_all(ready_r, START_TIMEOUT_S)
-    finally:
-        os.close(ready_r)
-    if answer.startswith(b"ok"):
-        return
-    if answer.startswith(b"error "):
-        code_s, _, message = answer[6:].decode(errors="replace").partition(" ")
-        raise StartFailed(message.strip(), int(code_s) if code_s.isdigit() else 1)
-    raise DaemonUnavailable(f"the daemon did not start; its log is {log}")
-
-
-def _read_all(fd: int, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    out = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return out
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return out
-        out += chunk
+    return ours
 
 
 def _wait(sock: socket.socket, leftover: bytes) -> int:

@@ -1,7 +1,7 @@
 """The daemon: one process per configuration key serving many stdio connections on one server.
 
-Started by the relay (:mod:`.relay`), detached, with the environment and working directory of
-the connection that started it; every later connection with the same key has exactly the same
+Forked by the relay (:mod:`.relay`), detached, with the environment and working directory of
+the connection that started it, which it serves first, from the descriptors it inherited; every later connection with the same key has exactly the same
 configuration (see :mod:`.common`), so they share one :class:`~sessions_mcp.server.Runtime`
 (store, backends, waiters) the way HTTP sessions do. Each connection gets its own MCP session
 over the descriptors the relay handed over. Logs go to ``KEY.log`` in the runtime dir.
@@ -22,15 +22,20 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute, UNIXSocketStream
 
-from .common import encode, idle_seconds, meta_path, paths, peer_uid, runtime_dir, version_id
+from .common import encode, idle_seconds, meta_path, paths, peer_uid, runtime_dir, start_time, version_id
 
 log = logging.getLogger(__name__)
+
+First = tuple[int, int, int, socket.socket]
+"""The connection the daemon was started for: the client's stdin, stdout and stderr, and the
+control socket of its relay."""
 
 
 class Daemon:
@@ -54,25 +59,47 @@ class Daemon:
         self.listener: Any = None
         self.sock_ino = 0
 
-    async def run(self, ready_fd: int) -> None:
-        """Listen, report ready on ``ready_fd``, serve until stopped, retired and idle, or idle."""
+    async def run(self, lock: int, first: First) -> None:
+        """Listen (then release the relay's ``lock``), serve ``first`` and whoever connects, until
+        stopped, retired and idle, or idle."""
         sock_path = self.files["sock"]
         with contextlib.suppress(FileNotFoundError):
-            sock_path.unlink()  # stale; the relay that started us holds the lock
+            sock_path.unlink()  # stale; we hold the lock
         self.listener = await anyio.create_unix_listener(sock_path, mode=0o600)
         self.sock_ino = sock_path.stat().st_ino
         self._write_meta()
+        os.close(lock)  # other relays may connect now: the listener queues them until we accept
         async with self.runtime.running(), anyio.create_task_group() as tg:
+            self._enter()
+            self.served += 1
+            tg.start_soon(self._serve_first, first)
             tg.start_soon(self._accept_loop, tg)
             tg.start_soon(self._idle_watch)
             tg.start_soon(self._signals)
-            os.write(ready_fd, b"ok\n")
-            os.close(ready_fd)
             log.info("daemon %s listening on %s (pid %d)", self.version, sock_path, os.getpid())
             await self.stop.wait()
             tg.cancel_scope.cancel()
         self._stop_listening()
         log.info("daemon stopped after %d connections", self.served)
+
+    async def _serve_first(self, first: First) -> None:
+        stdin_fd, stdout_fd, stderr_fd, ctl = first
+        os.close(stderr_fd)  # started: from here on, what the client would see on stderr is in our log
+        ctl.setblocking(False)
+
+        async def gone() -> None:
+            with contextlib.suppress(OSError):
+                await anyio.wait_readable(ctl)
+
+        async def send(data: bytes) -> None:
+            with contextlib.suppress(OSError):
+                ctl.send(data)
+
+        try:
+            await self._serve(gone, send, stdin_fd, stdout_fd)
+        finally:
+            ctl.close()
+            self._leave()
 
     async def _accept_loop(self, tg: Any) -> None:
         async with self.listener:
@@ -97,7 +124,17 @@ class Daemon:
                 op = msg.get("op") if msg else None
                 if op == "serve" and len(fds) == 2:
                     self.served += 1
-                    await self._serve(conn, fds[0], fds[1])
+                    await conn.send(encode({"ok": True}))
+
+                    async def gone() -> None:
+                        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            await conn.receive()
+
+                    async def send(data: bytes) -> None:
+                        with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                            await conn.send(data)
+
+                    await self._serve(gone, send, fds[0], fds[1])
                     return
                 for fd in fds:
                     os.close(fd)
@@ -114,7 +151,14 @@ class Daemon:
             finally:
                 self._leave()
 
-    async def _serve(self, conn: UNIXSocketStream, stdin_fd: int, stdout_fd: int) -> None:
+    async def _serve(
+        self,
+        gone: Callable[[], Awaitable[None]],
+        send: Callable[[bytes], Awaitable[None]],
+        stdin_fd: int,
+        stdout_fd: int,
+    ) -> None:
+        """One MCP session over the client's descriptors; its exit status goes to the relay."""
         from .streams import fd_streams
 
         low = self.mcp._lowlevel_server  # pyright: ignore[reportPrivateUsage]
@@ -124,11 +168,9 @@ class Daemon:
             async def relay_gone() -> None:
                 # the relay (now a shell waiting on this socket) sends nothing: any end of the
                 # socket means the client killed it, so the session ends with it
-                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    await conn.receive()
+                await gone()
                 tg.cancel_scope.cancel()
 
-            await conn.send(encode({"ok": True}))
             tg.start_soon(relay_gone)
             try:
                 async with fd_streams(stdin_fd, stdout_fd) as (read, write):
@@ -137,8 +179,7 @@ class Daemon:
                 log.exception("a stdio connection failed")
                 code = 1
             tg.cancel_scope.cancel()
-        with contextlib.suppress(anyio.BrokenResourceError, OSError):
-            await conn.send(f"{code}\n".encode())
+        await send(f"{code}\n".encode())
 
     def _enter(self) -> None:
         self.connections += 1
@@ -230,6 +271,7 @@ class Daemon:
     def _write_meta(self) -> None:
         meta = {
             "pid": os.getpid(),
+            "start_time": start_time(os.getpid()),
             "socket": str(self.files["sock"]),
             "version": self.version,
             "started": self.started,
@@ -264,13 +306,17 @@ def _stamp(path: Path | None) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
-def main(argv: list[str]) -> int:
-    """``READY_FD KEY -- ARGS``: load the settings ARGS give, listen, serve (see the module docstring)."""
-    ready_fd, key, _, *args = argv
-    ready = int(ready_fd)
+def main(key: str, args: list[str], *, lock: int, first: First) -> int:
+    """The daemon for configuration ``key``, serving ``first`` (see the module docstring).
+
+    Runs in the process the relay forked; ``args`` are the command line's. A setting the server
+    refuses is reported on the first client's stderr, with the exit status an in-process server
+    would have had, and no daemon stays.
+    """
     from .. import cli
     from ..errors import SessionsError
 
+    files = paths(runtime_dir(), key)
     try:
         parsed = cli.parse(args)
         settings = cli.settings_from_args(parsed)
@@ -279,24 +325,35 @@ def main(argv: list[str]) -> int:
         runtime = Runtime(settings)
         mcp = build_server(settings, runtime=runtime)
     except SessionsError as exc:
-        os.write(ready, f"error 2 {exc}\n".encode())
-        return 2
-    except SystemExit as exc:  # argparse already printed to the log
-        os.write(ready, f"error {exc.code or 2} invalid arguments\n".encode())
-        return 2
+        return _refuse(first, f"sessions-mcp: {exc}", 2)
+    except SystemExit as exc:  # argparse already accepted these arguments in the relay
+        return _refuse(first, "sessions-mcp: invalid arguments", exc.code if isinstance(exc.code, int) else 2)
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
     )
-    files = paths(runtime_dir(), key)
     daemon = Daemon(mcp, runtime, files, cli.config_file_of(parsed))
     try:
-        anyio.run(daemon.run, ready)
-    except Exception:
+        anyio.run(daemon.run, lock, first)
+    except Exception as exc:
         log.exception("the daemon failed")
+        if daemon.served == 0:  # never got to serve its first client: tell it why
+            return _refuse(first, f"sessions-mcp: the daemon failed to start ({exc}); its log is {files['log']}; "
+                           "SESSIONS_MCP_DAEMON=off serves in-process", 1)  # fmt: skip
         return 1
     finally:
         with contextlib.suppress(OSError):
             meta_path(files["sock"].parent, os.getpid()).unlink()
     return 0
+
+
+def _refuse(first: First, message: str, code: int) -> int:
+    """Tell the first client why it will not be served, and with which exit status."""
+    _, _, stderr_fd, ctl = first
+    with contextlib.suppress(OSError):
+        os.write(stderr_fd, message.encode() + b"\n")
+    with contextlib.suppress(OSError):
+        ctl.setblocking(True)
+        ctl.sendall(f"{code}\n".encode())
+    return code
