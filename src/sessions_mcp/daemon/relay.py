@@ -1,11 +1,12 @@
 """The relay: what ``sessions-mcp`` over stdio runs. Standard library only, so it starts in milliseconds.
 
-It finds (or starts) the daemon for this configuration, hands it the client's stdin and stdout
-over the Unix socket (``SCM_RIGHTS``: the daemon then reads and writes the client's pipes or
-sockets directly, with no copy in between), and replaces itself with ``/bin/sh`` waiting on the
-socket: a ~1.5 MB process that exits with the session's exit status, or 1 with a message on
-stderr when the daemon is gone. The client keeps a child process to signal and wait for, exactly
-as with an in-process server.
+It finds the daemon for this configuration and hands it the client's stdin and stdout over the
+Unix socket (``SCM_RIGHTS``: the daemon then reads and writes the client's pipes or sockets
+directly, with no copy in between); when none runs, it forks one that serves this connection
+from the descriptors it inherits. Then it replaces itself with ``/bin/sh`` waiting on the
+control socket: a ~1.5 MB process that exits with the session's exit status, or 1 with a message
+on stderr when the daemon is gone. The client keeps a child process to signal and wait for,
+exactly as with an in-process server.
 """
 
 from __future__ import annotations
