@@ -105,6 +105,7 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     from .resources import register_resources
     from .subscriptions import Notifier
     from .tools import register_tools
+    from .view import session_view
 
     rt = runtime or Runtime(settings)
     notifier = Notifier(rt)
@@ -123,6 +124,7 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
         lifespan=lifespan,
         subscriptions=notifier.bus,
         log_level=cast(Any, settings.log_level.upper()),
+        extensions=[session_view(), *mcp_kwargs.pop("extensions", ())],
         **mcp_kwargs,
     )
     open_world = bool(REMOTE & set(rt.service.backends))

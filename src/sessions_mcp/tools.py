@@ -27,6 +27,7 @@ from .service import (
     SessionService,
 )
 from .subscriptions import wants_progress
+from .view import TOOL_META
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -129,6 +130,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="create_session",
+        meta=TOOL_META,
         title="Create session",
         annotations=ann(read_only=False, destructive=False, idempotent=False),
     )
@@ -176,6 +178,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="send_message",
+        meta=TOOL_META,
         title="Send message",
         annotations=ann(read_only=False, destructive=False, idempotent=False),
     )
@@ -259,6 +262,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="get_session",
+        meta=TOOL_META,
         title="Get session",
         annotations=ann(read_only=True, destructive=False, idempotent=True),
     )
