@@ -113,10 +113,20 @@ class Served:
         self.sandbox = f"http://127.0.0.1:{sandbox_port}"
         self.runtime = runtime
 
-    def page(self, tool: str, args: dict[str, Any], theme: str = "light") -> str:
+    def page(
+        self, tool: str, args: dict[str, Any], theme: str = "light", overrides: dict[str, Any] | None = None
+    ) -> str:
         from urllib.parse import urlencode
 
-        q = urlencode({"tool": tool, "args": json.dumps(args), "theme": theme, "sandbox": self.sandbox})
+        q = urlencode(
+            {
+                "tool": tool,
+                "args": json.dumps(args),
+                "theme": theme,
+                "sandbox": self.sandbox,
+                "overrides": json.dumps(overrides or {}),
+            }
+        )
         return f"{self.url}/host.html?{q}"
 
 

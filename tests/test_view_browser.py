@@ -52,7 +52,8 @@ async def session_view(settings: Settings, host_js: Path, chromium: Browser) -> 
 
 
 async def open_view(chromium: Browser, srv: Served, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    opened = await chromium.do("open", url=srv.page(tool, args, kw.pop("theme", "light")), **kw)
+    url = srv.page(tool, args, kw.pop("theme", "light"), kw.pop("overrides", None))
+    opened = await chromium.do("open", url=url, **kw)
     await chromium.do("wait_text", selector="#view", text="backend")
     return opened
 
@@ -191,7 +192,9 @@ async def test_tool_calls_fold_and_text_appears_while_the_agent_works(
         await chromium.do("wait_text", selector="#transcript", text="The test fails on a timezone.")
         await chromium.do("wait_text", selector="#status", text="idle")
         assert not await chromium.do("visible", selector="#working")
-        await chromium.screenshot("tool-calls")
+        await chromium.do("click", selector="details.tool > summary", text="read_file")  # fold it again
+        assert not await chromium.do("visible", selector="details.tool pre.io")
+        await chromium.screenshot("tool-calls")  # docs/session-view.png is this one
 
 
 AGENT = """
@@ -269,3 +272,68 @@ def luminance(css: str) -> float:
 
     r, g, b = (lin(c) for c in nums)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+PERMISSION = {
+    "id": "pend-1",
+    "kind": "permission",
+    "text": "Allow the agent to run `rm -rf build/`?",
+    "options": [
+        {"id": "opt-once", "label": "Allow once", "kind": "allow_once"},
+        {"id": "opt-always", "label": "Always allow", "kind": "allow_always"},
+        {"id": "opt-reject", "label": "Reject", "kind": "reject_once"},
+    ],
+    "created_at": "2026-12-02T07:00:00Z",
+}
+
+
+async def test_a_needs_input_session_shows_its_options_and_a_click_answers_it(
+    make_settings: Callable[..., Settings], host_js: Path, chromium: Browser
+) -> None:
+    """``needs_input`` + ``pending`` in the shape the agents branch adds (models-shape.md).
+
+    This server build has no needs_input yet, so the test host merges that shape into the
+    get_session/list_messages results it proxies; the click's send_message goes to the real server.
+    """
+    async with session_view(make_settings(), host_js, chromium) as (srv, other):
+        created = await ok(other, "create_session", title="cleanup", prompt="Clean the build", agent="none")
+        sid = created["session"]["id"]
+        shape = {
+            "get_session": {"status": "needs_input", "pending": PERMISSION},
+            "list_messages": {"status": "needs_input"},
+        }
+        await open_view(chromium, srv, "get_session", {"session_id": sid}, overrides=shape)
+        await chromium.do("wait_text", selector="#status", text="needs input")
+        assert await chromium.do("visible", selector="#pending")
+        assert await chromium.do("text", selector="#pending-text") == PERMISSION["text"]
+        assert await chromium.do("texts", selector="#pending-options button") == [
+            "Allow once",
+            "Always allow",
+            "Reject",
+        ]
+        assert not await chromium.do("visible", selector="#answer-form")  # options, no free text
+        await chromium.screenshot("needs-input")
+
+        await chromium.do("host", expr="window.hostState.overrides = {}")  # answered, the server clears it
+        await chromium.do("click", selector="#pending-options button", text="Always allow")
+        await chromium.do("wait_text", selector="#transcript", text="Always allow")
+        assert not await chromium.do("visible", selector="#pending")
+        page = await ok(other, "list_messages", session_id=sid, roles=["user"])
+        assert [m["text"] for m in page["messages"]] == ["Clean the build", "Always allow"]
+
+        question = {**PERMISSION, "id": "pend-2", "kind": "question", "text": "Which Python version?", "options": None}
+        await chromium.do("close")
+        shape = {
+            "get_session": {"status": "needs_input", "pending": question},
+            "list_messages": {"status": "needs_input"},
+        }
+        await open_view(chromium, srv, "get_session", {"session_id": sid}, overrides=shape)
+        await chromium.do("wait_text", selector="#pending-text", text="Which Python version?")
+        assert await chromium.do("count", selector="#pending-options button") == 0
+        assert await chromium.do("visible", selector="#answer-form")
+        await chromium.do("host", expr="window.hostState.overrides = {}")
+        await chromium.do("fill", selector="#answer", value="3.12, please")
+        await chromium.do("click", selector="#answer-send")
+        await chromium.do("wait_text", selector="#transcript", text="3.12, please")
+        page = await ok(other, "list_messages", session_id=sid, roles=["user"])
+        assert [m["text"] for m in page["messages"]].count("3.12, please") == 1
