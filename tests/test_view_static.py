@@ -22,9 +22,9 @@ from mcp import Client
 from mcp.client import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
+from sessions_mcp.apps import TOOL_META, VIEW_URI, view_html
 from sessions_mcp.server import build_server
 from sessions_mcp.settings import Settings
-from sessions_mcp.view import TOOL_META, VIEW_URI, view_html
 
 from .browser_support import SETUP_HINT, WEB, node
 from .conftest import client_for
@@ -188,7 +188,7 @@ def test_the_committed_page_matches_its_sources() -> None:
     recorded = re.search(r'<meta name="sessions-mcp-view-source" content="([^"]+)">', view_html())
     assert recorded, "the page records no source hash"
     assert recorded.group(1) == f"sha256:{h.hexdigest()}", (
-        "src/sessions_mcp/view/session.html is older than web/: run `npm --prefix web ci && npm --prefix web run build`"
+        "src/sessions_mcp/apps/session.html is older than web/: run `npm --prefix web ci && npm --prefix web run build`"
     )
     build = (WEB / "build.mjs").read_text()
     assert f"export const SOURCES = {json.dumps(SOURCES)};" in build, "SOURCES here and in web/build.mjs differ"

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const OUT = join(here, "..", "src", "sessions_mcp", "view", "session.html");
+const OUT = join(here, "..", "src", "sessions_mcp", "apps", "session.html");
 /** Files whose content decides the build (keep in sync with tests/test_view_static.py). */
 export const SOURCES = ["build.mjs", "package-lock.json", "src/render.js", "src/session.html", "src/view.css", "src/view.js"];
 

@@ -101,11 +101,11 @@ def instructions(service: SessionService) -> str:
 
 def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kwargs: Any) -> MCPServer:
     """The MCP server for these settings (not yet running)."""
+    from .apps import session_view
     from .prompts import register_prompts
     from .resources import register_resources
     from .subscriptions import Notifier
     from .tools import register_tools
-    from .view import session_view
 
     rt = runtime or Runtime(settings)
     notifier = Notifier(rt)

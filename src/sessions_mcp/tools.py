@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
 from .models import Role, Session, Status
@@ -27,7 +28,6 @@ from .service import (
     SessionService,
 )
 from .subscriptions import wants_progress
-from .view import TOOL_META
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

@@ -1,4 +1,4 @@
-"""The live session view: an MCP App (``ui://sessions-mcp/session.html``) through ``mcp.server.apps``.
+"""MCP Apps of this server: the live session view, ``ui://sessions-mcp/session.html``, via ``mcp.server.apps``.
 
 ``session.html`` beside this module is built from ``web/`` (the ext-apps App SDK bundled in by
 esbuild) and committed, so the package never needs Node at run time. ``create_session``,
