@@ -14,6 +14,19 @@ const OUT = join(here, "..", "src", "sessions_mcp", "apps", "session.html");
 /** Files whose content decides the build (keep in sync with tests/test_view_static.py). */
 export const SOURCES = ["build.mjs", "package-lock.json", "src/render.js", "src/session.html", "src/view.css", "src/view.js"];
 
+// zod's error-message translations (~230 KB of the page) come in only because the SDK imports the
+// whole `z` namespace; the view never switches zod's locale (English stays the default), so the
+// namespace `z.locales` is bundled empty.
+const noZodLocales = {
+  name: "no-zod-locales",
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]zod[\\/]/.test(args.importer) ? { path: "zod-locales", namespace: "empty" } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "empty" }, () => ({ contents: "export {};", loader: "js" }));
+  },
+};
+
 function sourceHash() {
   const h = createHash("sha256");
   for (const name of SOURCES) {
@@ -36,6 +49,7 @@ async function page() {
     charset: "utf8",
     legalComments: "none",
     logLevel: "warning",
+    plugins: [noZodLocales],
   });
   let script = bundle.outputFiles[0].text.trim();
   // an inline script must not contain its own end tag; esbuild only emits it inside strings
