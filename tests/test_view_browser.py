@@ -185,6 +185,11 @@ async def test_tool_calls_fold_and_text_appears_while_the_agent_works(
         await chromium.do("click", selector="details.tool > summary", text="read_file")
         assert await chromium.do("visible", selector="details.tool pre.io")
 
+        # a change of status alone (no message) still shows while the agent works (short polls)
+        await local.set_status(LOCAL_PRINCIPAL, native, Status.FAILED, error="the agent crashed")
+        await chromium.do("wait_text", selector="#status", text="failed", timeout=10000)
+        await chromium.do("wait_text", selector="#session-error", text="the agent crashed")
+
         await local.append_agent_message(
             LOCAL_PRINCIPAL, native, parts=[{"type": "text", "text": "The test fails on a timezone."}],
             text="The test fails on a timezone.", status=Status.IDLE,

@@ -7,6 +7,11 @@ import { statusWords, Transcript } from "./render.js";
 
 /** Seconds one list_messages long-poll waits for a new message before it returns empty. */
 const WAIT_S = 20;
+/**
+ * The same while an agent works: a long-poll returns early only for a new message, so this bounds
+ * how late a change of status alone (e.g. to needs_input) shows.
+ */
+const BUSY_WAIT_S = 4;
 /** Messages per page and characters per page (the transcript resource has the rest). */
 const PAGE = 100;
 const MAX_CHARS = 200000;
@@ -200,6 +205,11 @@ async function refreshSession() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+function waitFor() {
+  if (!state.cursor) return 0; // the first page: what is there now
+  return state.status === "running" || state.status === "needs_input" ? BUSY_WAIT_S : WAIT_S;
+}
+
 /** Long-poll list_messages until the view is torn down. */
 async function follow() {
   if (state.following) return;
@@ -209,7 +219,7 @@ async function follow() {
     try {
       const page = await call(
         "list_messages",
-        { session_id: state.sessionId, after: state.cursor, limit: PAGE, max_chars: MAX_CHARS, wait_s: state.cursor ? WAIT_S : 0 },
+        { session_id: state.sessionId, after: state.cursor, limit: PAGE, max_chars: MAX_CHARS, wait_s: waitFor() },
         { timeout: (WAIT_S + 40) * 1000 },
       );
       if (state.stopped) break;
