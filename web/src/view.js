@@ -139,12 +139,16 @@ function showPending(pending) {
 
 /** Send a user message once: one idempotency key per composed message, buttons off while in flight. */
 function sender() {
-  let key = null;
+  let key = null; // kept after a failure, so a retry of the same text cannot land twice
+  let keyText = null;
   let busy = false;
   return async (text, controls) => {
     if (busy || !text.trim() || !state.sessionId) return false;
     busy = true;
-    key = key || randomKey();
+    if (key === null || keyText !== text) {
+      key = randomKey();
+      keyText = text;
+    }
     const buttons = controls.querySelectorAll("button");
     for (const b of buttons) b.disabled = true;
     try {
