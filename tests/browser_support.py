@@ -114,7 +114,12 @@ class Served:
         self.runtime = runtime
 
     def page(
-        self, tool: str, args: dict[str, Any], theme: str = "light", overrides: dict[str, Any] | None = None
+        self,
+        tool: str,
+        args: dict[str, Any],
+        theme: str = "light",
+        overrides: dict[str, Any] | None = None,
+        era: str = "legacy",
     ) -> str:
         from urllib.parse import urlencode
 
@@ -125,6 +130,7 @@ class Served:
                 "theme": theme,
                 "sandbox": self.sandbox,
                 "overrides": json.dumps(overrides or {}),
+                "era": era,
             }
         )
         return f"{self.url}/host.html?{q}"

@@ -52,7 +52,7 @@ async def session_view(settings: Settings, host_js: Path, chromium: Browser) -> 
 
 
 async def open_view(chromium: Browser, srv: Served, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    url = srv.page(tool, args, kw.pop("theme", "light"), kw.pop("overrides", None))
+    url = srv.page(tool, args, kw.pop("theme", "light"), kw.pop("overrides", None), kw.pop("era", "legacy"))
     opened = await chromium.do("open", url=url, **kw)
     await chromium.do("wait_text", selector="#view", text="backend")
     return opened
@@ -62,16 +62,18 @@ def csp_violations(log: dict[str, Any]) -> list[str]:
     return [m["text"] for m in log["console"] if "Content Security Policy" in m["text"] or "Refused to" in m["text"]]
 
 
+@pytest.mark.parametrize("era", ["legacy", "auto"])
 async def test_the_view_renders_a_session_and_loads_nothing_from_outside(
-    make_settings: Callable[..., Settings], host_js: Path, chromium: Browser
+    make_settings: Callable[..., Settings], host_js: Path, chromium: Browser, era: str
 ) -> None:
     async with session_view(make_settings(), host_js, chromium) as (srv, other):
         created = await ok(
             other, "create_session", title="Fix the flaky test", prompt="Please look at test_x", agent="none"
         )
         sid = created["session"]["id"]
-        opened = await open_view(chromium, srv, "get_session", {"session_id": sid})
+        opened = await open_view(chromium, srv, "get_session", {"session_id": sid}, era=era)
         assert opened["mime"] == "text/html;profile=mcp-app"
+        assert opened["protocolVersion"] == ("2026-07-28" if era == "auto" else "2025-11-25")
         assert opened["csp"] == {"connectDomains": [], "resourceDomains": [], "frameDomains": [], "baseUriDomains": []}
         await chromium.do("wait_text", selector="#transcript", text="Please look at test_x")
         assert await chromium.do("text", selector="#title") == "Fix the flaky test"

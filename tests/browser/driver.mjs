@@ -85,7 +85,7 @@ const ops = {
       "the host to render the view",
     );
     if (state.error) throw new Error(`host failed: ${state.error}`);
-    return { mime: state.mime, csp: state.csp, result: state.result };
+    return { mime: state.mime, csp: state.csp, result: state.result, protocolVersion: state.protocolVersion };
   },
   async wait_text({ text, selector = "body", timeout = 10000 }) {
     const started = Date.now();

@@ -32,6 +32,8 @@ async function main() {
   if (theme === "dark") document.body.classList.add("dark");
   const client = new Client(HOST, {
     capabilities: { extensions: { "io.modelcontextprotocol/ui": { mimeTypes: [RESOURCE_MIME_TYPE] } } },
+    // "legacy" is the 2025-11-25 handshake; "auto" negotiates 2026-07-28 with this server
+    versionNegotiation: { mode: query.get("era") === "auto" ? "auto" : "legacy" },
   });
   await client.connect(new StreamableHTTPClientTransport(new URL("/mcp", location.href)));
   const { tools } = await client.listTools();
@@ -42,6 +44,7 @@ async function main() {
   const resource = await client.readResource({ uri });
   const content = resource.contents[0];
   state.mime = content.mimeType;
+  state.protocolVersion = client.getNegotiatedProtocolVersion ? client.getNegotiatedProtocolVersion() : null;
   if (content.mimeType !== RESOURCE_MIME_TYPE) throw new Error(`resource ${uri} has MIME type ${content.mimeType}`);
   const csp = content._meta?.ui?.csp ?? {};
   state.csp = csp;
