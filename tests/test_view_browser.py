@@ -344,3 +344,48 @@ async def test_a_needs_input_session_shows_its_options_and_a_click_answers_it(
         await chromium.do("wait_text", selector="#transcript", text="3.12, please")
         page = await ok(other, "list_messages", session_id=sid, roles=["user"])
         assert [m["text"] for m in page["messages"]].count("3.12, please") == 1
+
+
+REPLIER = """
+import os, sys, time
+turn, prompt, go = sys.argv[1], sys.argv[2], sys.argv[3]
+print(f"turn {turn}: working on {prompt!r}", flush=True)
+if turn == "1":
+    while not os.path.exists(go):
+        time.sleep(0.02)
+print(f"turn {turn}: done", flush=True)
+"""
+
+
+async def test_a_real_agent_turn_and_a_follow_up_show_up_live(
+    make_settings: Callable[..., Settings], host_js: Path, chromium: Browser, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(REPLIER)
+    go = tmp_path / "go"
+    command = shlex.join([sys.executable, str(agent), "{turn}", "{prompt}", str(go)])
+    settings = make_settings(local={"agent": "command", "agent_input": "none", "agent_command": command})
+    async with session_view(settings, host_js, chromium) as (srv, other):
+        opened = await open_view(
+            chromium, srv, "create_session", {"title": "real agent", "prompt": "count files", "wait": False}
+        )
+        sid = opened["result"]["structuredContent"]["session"]["id"]
+        await chromium.do("wait_text", selector="#status", text="running")
+        assert await chromium.do("visible", selector="#working")
+        go.touch()  # let the agent finish its first turn
+        await chromium.do("wait_text", selector="#transcript", text="turn 1: done", timeout=15000)
+        await chromium.do("wait_text", selector="#status", text="idle")
+        assert not await chromium.do("visible", selector="#working")
+
+        await chromium.do("fill", selector="#message", value="and the tests?")
+        await chromium.do("click", selector="#send")
+        await chromium.do("wait_text", selector="#transcript", text="turn 2: done", timeout=15000)
+        await chromium.do("wait_text", selector="#status", text="idle")
+        page = await ok(other, "list_messages", session_id=sid)
+        assert [(m["role"], m["text"].splitlines()[-1]) for m in page["messages"]] == [
+            ("user", "count files"),
+            ("assistant", "turn 1: done"),
+            ("user", "and the tests?"),
+            ("assistant", "turn 2: done"),
+        ]
+        assert await chromium.do("count", selector="#transcript .msg") == 4
