@@ -198,15 +198,20 @@ def test_configurations_never_share_a_daemon_or_state(tmp_path: Path, clients: l
     assert len(red.call("list_sessions")["sessions"]) == 3
 
 
-def test_a_daemon_of_another_version_is_replaced(tmp_path: Path, clients: list[Raw]) -> None:
-    """An older install's daemon stops taking connections but serves its own clients to their end."""
+def old_version(tmp_path: Path) -> list[str]:
+    """The command line of a copy of this package that calls itself version 0.0.0-old."""
     src = Path(__file__).resolve().parents[1] / "src" / "sessions_mcp"
     old = tmp_path / "old"
     shutil.copytree(src, old / "sessions_mcp", ignore=shutil.ignore_patterns("__pycache__"))
     init = old / "sessions_mcp" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.0-old'))
-    old_argv = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); "
-                "from sessions_mcp.cli import main; raise SystemExit(main())"]  # fmt: skip
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); "
+            "from sessions_mcp.cli import main; raise SystemExit(main())"]  # fmt: skip
+
+
+def test_a_daemon_of_another_version_is_replaced(tmp_path: Path, clients: list[Raw]) -> None:
+    """An older install's daemon stops taking connections but serves its own clients to their end."""
+    old_argv = old_version(tmp_path)
     env = server_env(tmp_path / "s.db")
     status = control(env, "status")
     assert "no daemon running" in status.stdout
@@ -372,3 +377,17 @@ def test_simultaneous_first_starts_share_one_daemon(tmp_path: Path, clients: lis
     assert len(daemon_pids(runtime_dir(env))) == 1
     for r in raws:
         assert r.close() == 0
+
+
+def test_daemon_stop_also_stops_a_retired_daemon(tmp_path: Path, clients: list[Raw]) -> None:
+    """A retired daemon no longer listens: stop finds it by its description file and signals its PID."""
+    env = server_env(tmp_path / "s.db")
+    old_client = spawn(env, argv=old_version(tmp_path))
+    new_client = spawn(env)
+    clients.extend([old_client, new_client])
+    pids = daemon_pids(runtime_dir(env))
+    assert len(pids) == 2
+    stopped = control(env, "stop")
+    assert stopped.returncode == 0 and "stopped 2 daemon(s)" in stopped.stdout
+    assert not any(is_running(p) for p in pids)
+    assert old_client.proc.wait(timeout=30) == 1 and new_client.proc.wait(timeout=30) == 1
