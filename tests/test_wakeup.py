@@ -80,3 +80,30 @@ async def test_a_dead_listeners_socket_is_removed_by_the_next_writer(tmp_path: P
         assert not dead.exists()
     finally:
         await store.close()
+
+
+async def test_a_writer_that_does_not_poke_makes_the_feed_poll_again(tmp_path: Path) -> None:
+    """A commit found by the safety poll, not by a wake-up (a process of another user or version),
+    switches the feed back to its short poll for a while: no wait lasts the safety interval twice."""
+    db = tmp_path / "s.db"
+    store, silent = SqliteStore(db), SqliteStore(db)
+    await store.open()
+    await silent.open()
+    try:
+        assert silent._wakeup is not None  # pyright: ignore[reportPrivateUsage]
+        silent._wakeup.close()  # pyright: ignore[reportPrivateUsage]
+        silent._wakeup = None  # pyright: ignore[reportPrivateUsage]  # writes, never pokes
+        feed = ChangeFeed(store, poll_interval=0.05)
+        async with anyio.create_task_group() as tg:
+            await feed.start(tg)
+            async with feed.interested():
+                assert not feed.impatient
+                ticket = feed.ticket()
+                await silent.create_session(owner="local", title=None, model=None, system=None, agent=None,
+                                            status=Status.IDLE)  # fmt: skip
+                assert await ticket.wait(60)
+                assert feed.impatient
+            tg.cancel_scope.cancel()
+    finally:
+        await silent.close()
+        await store.close()

@@ -36,10 +36,13 @@ class Engine(ABC):
     async def external_write_seen(self) -> bool:
         """Cheap check: did another connection commit since the last call? (may say True spuriously)"""
 
-    async def wait_for_external(self, fallback_s: float) -> None:
-        """Return when another process may have committed: at once when the engine hears of it (a
-        wake-up socket, ``NOTIFY``), else after ``fallback_s`` seconds (the change feed's poll)."""
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
+        """Return when another process may have committed: True at once when the engine hears of it
+        (a wake-up socket, ``NOTIFY``); False after a timeout. The timeout is ``fallback_s`` (the
+        change feed's poll), or, when the engine hears of commits and ``patient``, its longer
+        safety interval."""
         await anyio.sleep(fallback_s)
+        return False
 
     @abstractmethod
     async def _write(self, body: Body[T]) -> T:

@@ -411,15 +411,17 @@ class PostgresStore(Store):
             expected = at + 1
         return out
 
-    async def wait_for_external(self, fallback_s: float) -> None:
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
         """At once after a ``NOTIFY`` from another replica; while the listener is down or a gap in the
-        change log is pending, after ``fallback_s``; else after :attr:`safety_poll_s` at most."""
+        change log is pending (or not ``patient``), after ``fallback_s``; else after
+        :attr:`safety_poll_s` at most."""
         if self._notified:
-            return
-        timeout = fallback_s if (self._gaps or not self._listening) else self.safety_poll_s
-        self._wake = anyio.Event()
+            return True
+        timeout = fallback_s if (self._gaps or not self._listening or not patient) else self.safety_poll_s
+        self._wake = wake = anyio.Event()
         with anyio.move_on_after(timeout):
-            await self._wake.wait()
+            await wake.wait()
+        return wake.is_set()
 
     async def external_write_seen(self) -> bool:
         """True after a ``NOTIFY`` from another replica, while the listener is down, while a gap

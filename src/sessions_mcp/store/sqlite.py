@@ -284,15 +284,15 @@ class SqliteStore(Store):
 
     # what only SQLite has -----------------------------------------------------------------------
 
-    async def wait_for_external(self, fallback_s: float) -> None:
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
         """At once when another process pokes our wake-up socket (:mod:`.wakeup`), else after
-        :data:`SAFETY_POLL_S` (writers that cannot poke: other users, older versions); without a
-        wake-up socket, after ``fallback_s``."""
+        :data:`SAFETY_POLL_S` (writers that cannot poke: other users, older versions), or
+        ``fallback_s`` when not ``patient`` or without a wake-up socket."""
         wakeup = self._wakeup
         if wakeup is None or not wakeup.listen():
             await anyio.sleep(fallback_s)
-            return
-        await wakeup.wait(max(fallback_s, SAFETY_POLL_S))
+            return False
+        return await wakeup.wait(max(fallback_s, SAFETY_POLL_S) if patient else fallback_s)
 
     async def external_write_seen(self) -> bool:
         def q() -> bool:
