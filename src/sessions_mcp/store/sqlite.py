@@ -94,6 +94,7 @@ class SqliteStore(Store):
         self._rlock = threading.Lock()
         self._ilock = threading.Lock()
         self._data_version: int | None = None
+        self._inline_data_version: int | None = None
         self._open_lock = threading.Lock()
         self.writer_id = new_writer_id()
         self._wakeup: Wakeup | None = None
@@ -142,7 +143,7 @@ class SqliteStore(Store):
             except sqlite3.DatabaseError as exc:
                 raise self._explain(exc) from None
             self._writer, self._reader, self._inline = writer, reader, inline
-            self._data_version = None
+            self._data_version = self._inline_data_version = None
             if self._wakeup is None:
                 self._wakeup = Wakeup.for_database(self.path)
 
@@ -295,6 +296,22 @@ class SqliteStore(Store):
         return await wakeup.wait(max(fallback_s, SAFETY_POLL_S) if patient else fallback_s)
 
     async def external_write_seen(self) -> bool:
+        # on the event-loop thread when the inline connection is free (a worker-thread hop costs
+        # more than the pragma); each connection compares with what it saw last, so switching
+        # between the two can only say True spuriously, never miss a commit
+        inline = self._inline
+        if inline is not None and self._ilock.acquire(blocking=False):
+            try:
+                version = int(inline.conn.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:
+                version = None
+            finally:
+                self._ilock.release()
+            if version is not None:
+                changed = version != self._inline_data_version
+                self._inline_data_version = version
+                return changed
+
         def q() -> bool:
             self._open_sync()
             with self._rlock:
