@@ -177,10 +177,17 @@ def _is_helper(name: str) -> bool:
 
 
 def _deferred_name(body_text: str, wanted: str) -> str | None:
-    """A prefixed tool name mentioned in the request (a deferred-tools listing) ending in ``wanted``."""
-    for m in re.finditer(r"[A-Za-z0-9_\-]*[_\-]" + re.escape(wanted) + r"(?![A-Za-z0-9_])", body_text):
-        return m.group(0)
-    return None
+    """A prefixed tool name mentioned in the request (a deferred-tools listing) ending in ``wanted``.
+
+    Paths such as ``-tmp-x-probe`` also end in a tool's name, so names that look like MCP tool
+    names (``mcp…``, a ``__`` separator) win over the rest, and a leading ``-`` never matches.
+    """
+    found = re.findall(
+        r"(?<![A-Za-z0-9_\-])([A-Za-z0-9_][A-Za-z0-9_\-]*[_\-]" + re.escape(wanted) + r")(?![A-Za-z0-9_])", body_text
+    )
+    if not found:
+        return None
+    return max(found, key=lambda n: (n.startswith("mcp") or "__" in n, "-" not in n))
 
 
 class Script:
