@@ -273,3 +273,21 @@ def test_host_over_http_with_a_token(host: str, mock: MockLLM, tmp_path: Path, m
         check_results(case, mock, peer)
         assert server.terminate() == 0
     assert "401" not in server.stderr
+
+
+CANNOT_SET = {"codex": {"required", "default_tools_approval_mode", "tool_timeout_sec", "startup_timeout_sec"}}
+
+
+@pytest.mark.parametrize("host", list(CASES))
+def test_the_hosts_own_add_command_writes_what_setup_writes(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = CliHome.create(CASES[host].cli, tmp_path / "home", "http://127.0.0.1:9")
+    apply_snippet(home, host, "claude-code" if host == "claude-code" else f"{host}-add", monkeypatch)
+    [(name, entry)] = hosts.configured(hosts.get_host(host), host_path(home, host, monkeypatch))
+    expected = hosts.get_host(host).entry(hosts.Launch())
+    skipped = CANNOT_SET.get(host, set())
+    assert name == "sessions"
+    assert {k: v for k, v in expected.items() if k not in skipped} == {
+        k: entry.get(k) for k in expected if k not in skipped
+    }
