@@ -180,11 +180,11 @@ def _deferred_name(body_text: str, wanted: str) -> str | None:
     """A prefixed tool name mentioned in the request (a deferred-tools listing) ending in ``wanted``.
 
     Paths such as ``-tmp-x-probe`` also end in a tool's name, so names that look like MCP tool
-    names (``mcp…``, a ``__`` separator) win over the rest, and a leading ``-`` never matches.
+    names (``mcp…``, a ``__`` separator) win over the rest, and a leading ``-`` never matches; the
+    bare name counts too (Claude Code defers its own ``ReadMcpResourceTool``).
     """
-    found = re.findall(
-        r"(?<![A-Za-z0-9_\-])([A-Za-z0-9_][A-Za-z0-9_\-]*[_\-]" + re.escape(wanted) + r")(?![A-Za-z0-9_])", body_text
-    )
+    pattern = r"(?<![A-Za-z0-9_\-])((?:[A-Za-z0-9_][A-Za-z0-9_\-]*[_\-])?" + re.escape(wanted) + r")(?![A-Za-z0-9_\-])"
+    found = re.findall(pattern, body_text)
     if not found:
         return None
     return max(found, key=lambda n: (n.startswith("mcp") or "__" in n, "-" not in n))
