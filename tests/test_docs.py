@@ -287,6 +287,7 @@ def test_readme_links_point_at_files() -> None:
         "local-agents",
         "http-and-auth",
         "troubleshooting",
+        "clients",
     ):
         assert f"(docs/{page}.md)" in README, page
 

@@ -275,7 +275,7 @@ def test_host_over_http_with_a_token(host: str, mock: MockLLM, tmp_path: Path, m
     assert "401" not in server.stderr
 
 
-CANNOT_SET = {"codex": {"required", "default_tools_approval_mode", "tool_timeout_sec", "startup_timeout_sec"}}
+CANNOT_SET = {"codex": {"required", "default_tools_approval_mode", "startup_timeout_sec"}}
 
 
 @pytest.mark.parametrize("host", list(CASES))

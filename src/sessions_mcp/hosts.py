@@ -109,7 +109,8 @@ def _claude_add(launch: Launch, name: str) -> str:
 def _codex_entry(launch: Launch) -> dict[str, Any]:
     # exec runs with approval policy "never": without "approve" it rejects every tool that is not
     # read-only; without required = true it starts the turn without a server slower than ~1 s.
-    common: dict[str, Any] = {"required": True, "default_tools_approval_mode": "approve", "tool_timeout_sec": 120}
+    # Its own tool-call limit (300 s) is above every wait the server allows, so it stays as it is.
+    common: dict[str, Any] = {"required": True, "default_tools_approval_mode": "approve"}
     if launch.url:
         token = {"bearer_token_env_var": launch.token_env} if launch.token_env else {}
         return {"url": launch.url} | token | common
@@ -298,7 +299,9 @@ def get_host(name: str) -> Host:
 def dump_json(data: Any) -> str:
     """JSON indented by two, with lists of plain values on one line (as people write these files)."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
-    return re.sub(r"\[\s*\n\s*([^\[\]{}]*?)\s*\n\s*\]", lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]", text)
+    return re.sub(
+        r"\[\s*\n\s*([^\[\]{}]*?)\s*\n\s*\]", lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]", text
+    )
 
 
 # --- TOML (Codex) without a TOML writer: render one table, splice it into the text --------------
