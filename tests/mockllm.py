@@ -27,6 +27,9 @@ tool is not offered but a tool-search tool is (Claude Code, droid and Qwen defer
 first calls that with ``select:<full name>``; when a ``WaitForMcpServers`` tool is offered instead
 (Claude Code while servers start), it calls that.
 
+A step's ``delay_s`` holds the answer back (a slow model); when the CLI drops the request meanwhile
+(a cancelled turn), the log entry gets ``hung_up_after_s``.
+
 Several scripts can be given as ``{trigger: steps}``: the latest user text that contains a trigger
 picks the script, and only calls after that message count (multi-turn sessions, e.g. over ACP).
 
@@ -47,6 +50,8 @@ import gzip
 import itertools
 import json
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -582,6 +587,7 @@ class MockLLM:
     ) -> None:
         self.script = Script(script)
         self.log: list[dict[str, Any]] = []
+        self._decided: list[dict[str, Any]] = []  # answered or still being answered (a slow step)
         self.log_path = log_path
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -643,11 +649,15 @@ class MockLLM:
         return list(seen.values())
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
-        """The first logged request for which ``predicate`` holds, waiting up to ``timeout`` seconds for it."""
+        """The first request for which ``predicate`` holds, waiting up to ``timeout`` seconds for it.
+
+        Requests count as soon as the mock has decided its answer (``action`` is set), before the
+        answer is sent, so a test can act while a slow step is still being answered.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for entry in self.log:
+                for entry in [*self.log, *(d for d in self._decided if not any(d is e for e in self.log))]:
                     if predicate(entry):
                         return entry
                 left = deadline - time.monotonic()
@@ -769,9 +779,28 @@ class MockLLM:
                 entry["status"] = status
                 mock._record(entry)
 
+            def _wait_or_hang_up(self, delay: float, entry: dict[str, Any]) -> bool:
+                """Wait ``delay`` s before answering; False (and ``hung_up_after_s`` logged) if the CLI
+                closed the connection meanwhile (a cancelled turn) or the mock is stopping."""
+                started = time.monotonic()
+                while (left := delay - (time.monotonic() - started)) > 0:
+                    if mock._stop.is_set():
+                        return False
+                    readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                    if not readable:
+                        continue
+                    if self.connection.recv(1, socket.MSG_PEEK):  # data, not EOF: just wait out the delay
+                        return not mock._stop.wait(max(0.0, delay - (time.monotonic() - started)))
+                    entry["hung_up_after_s"] = round(time.monotonic() - started, 3)
+                    entry["hung_up"] = True
+                    mock._record(entry)
+                    self.close_connection = True
+                    return False
+                return True
+
             def _send(self, content_type: str, payload: Any, entry: dict[str, Any]) -> None:
                 delay = float(entry.get("action", {}).get("delay_s") or 0)
-                if delay and mock._stop.wait(delay):
+                if delay and not self._wait_or_hang_up(delay, entry):
                     return
                 if content_type != "text/event-stream":
                     self._json(200, payload, entry)
@@ -809,6 +838,9 @@ class MockLLM:
         entry["items"] = [asdict(i) for i in items]
         entry["tools"] = [t.full for t in tools]
         entry["action"] = asdict(action)
+        with self._cond:
+            self._decided.append(entry)
+            self._cond.notify_all()
         return action
 
 

@@ -47,6 +47,7 @@ BAD_ID = "local:no-such-session-0000000000"
 SID = re.compile(r"local:[A-Za-z0-9_-]{16,}")
 CURSOR = re.compile(r"cursor\"?:\s*\"?([A-Za-z0-9_=-]{8,})")
 FINAL = "MOCK_FINAL: the other agent answered"
+ANSWER_AFTER_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ class Peer:
         try:
             self.mock.wait_for(lambda e: e.get("action", {}).get("tool", "").endswith("list_messages"), timeout=150)
             self.server_pids = [p for p in pids_with_env("HOME", str(self.home.home)) if _is_server(p)]
+            # Nothing outside the server shows that its list_messages has started waiting; every host
+            # calls the tool within ~0.3 s of the model's answer (probe logs), so answering 1.5 s
+            # later lands inside the long-poll rather than before it.
+            threading.Event().wait(ANSWER_AFTER_S)
 
             async def go() -> None:
                 async with self.connect() as client:

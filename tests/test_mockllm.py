@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,18 @@ def test_keyed_scripts_count_calls_from_the_latest_trigger() -> None:
     with MockLLM([]) as mock:
         reply = json.loads(post(mock, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})[1])
         assert reply["choices"][0]["message"]["content"] == DONE_TEXT
+
+
+def test_a_slow_answer_notices_the_client_hanging_up() -> None:
+    with MockLLM([Say("late", delay_s=30)]) as mock:
+        sock = socket.create_connection(("127.0.0.1", mock.port))
+        body = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        mock.wait_for(lambda e: e["action"]["text"] == "late", 10)  # decided, answer held back
+        sock.close()
+        entry = mock.wait_for(lambda e: bool(e.get("hung_up")), timeout=10)
+    assert entry["hung_up_after_s"] < 10 and entry["action"]["text"] == "late"
