@@ -268,6 +268,8 @@ def test_host_over_http_with_a_token(host: str, mock: MockLLM, tmp_path: Path, m
         apply_snippet(home, host, f"{host}-http", monkeypatch, url=f"{base}/mcp")
         saved = host_path(home, host, monkeypatch).read_text()
         assert token not in saved or host != "codex", "Codex reads the token from the environment"
+        [(name, entry)] = hosts.configured(hosts.get_host(host), host_path(home, host, monkeypatch))
+        assert name == "sessions" and f"{base}/mcp" in json.dumps(entry)
 
         def connect() -> Any:
             return mcp_client(base, "http", "auto", token=token)

@@ -362,15 +362,16 @@ def _load(host: Host, path: Path) -> dict[str, Any]:
         data = tomllib.loads(text) if host.fmt == "toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise SetupError(
-            f"{path} is not valid {host.fmt.upper()} ({exc}); fix it or move it aside, then rerun"
+            f"{path} is not valid {host.fmt.upper()} ({exc}); fix it and rerun, or add the entry by hand "
+            f"from 'sessions-mcp setup {host.name} --print'"
         ) from None
     if not isinstance(data, dict):
         raise SetupError(f"{path} does not hold a {host.fmt.upper()} object; fix it or move it aside, then rerun")
     return data  # pyright: ignore[reportUnknownVariableType]
 
 
-def is_sessions_mcp(entry: Any) -> bool:
-    """Whether a server entry starts (or points at) sessions-mcp."""
+def is_sessions_mcp(entry: Any, name: str = "") -> bool:
+    """Whether server entry ``name`` starts sessions-mcp, or is a URL entry named like it."""
     if not isinstance(entry, dict):
         return False
     e = cast(dict[str, Any], entry)
@@ -379,16 +380,16 @@ def is_sessions_mcp(entry: Any) -> bool:
     if any(re.search(r"sessions[-_]mcp", w) for w in words):
         return True
     url = str(e.get("url") or e.get("httpUrl") or e.get("serverUrl") or "")
-    return url.rstrip("/").endswith("/mcp") and "sessions" in json.dumps(e).lower()
+    return bool(url) and not e.get("command") and "sessions" in name.lower()
 
 
 def configured(host: Host, path: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
     """The (name, entry) pairs in ``host``'s file that start sessions-mcp."""
     data = _load(host, path or host.path())
-    servers = data.get(host.key)
-    if not isinstance(servers, dict):
+    if not isinstance(data.get(host.key), dict):
         return []
-    return [(n, e) for n, e in servers.items() if is_sessions_mcp(e)]  # pyright: ignore[reportUnknownVariableType]
+    servers = cast(dict[str, Any], data[host.key])
+    return [(n, e) for n, e in servers.items() if is_sessions_mcp(e, n)]
 
 
 def write_entry(host: Host, launch: Launch, name: str = DEFAULT_NAME, path: Path | None = None) -> tuple[Path, bool]:
@@ -403,7 +404,7 @@ def write_entry(host: Host, launch: Launch, name: str = DEFAULT_NAME, path: Path
         raise SetupError(f"{path}: '{host.key}' is not a table of servers; fix it by hand, then rerun")
     servers = cast(dict[str, Any], data.get(host.key, {}))
     existing = servers.get(name)
-    if existing is not None and not is_sessions_mcp(existing):
+    if existing is not None and not is_sessions_mcp(existing, name):
         raise SetupError(
             f"{path} already has a server called {name!r} that is not sessions-mcp; "
             "keep it and pass --name with another name"
