@@ -105,12 +105,14 @@ class Tool:
 
 @dataclass
 class Turn:
-    """What a step function sees: the current turn's items, the offered tools, the raw body text."""
+    """What a step function sees: the current turn's items, the offered tools, every string of the body."""
 
     items: list[Item]
     tools: list[Tool]
     body_text: str
     wire: str
+    history: list[Item] = field(default_factory=list[Item])
+    """The whole conversation in the request, earlier turns included."""
 
     @property
     def results(self) -> list[Item]:
@@ -216,7 +218,7 @@ class Script:
 
     def decide(self, items: list[Item], tools: list[Tool], body_text: str, wire: str) -> Action:
         steps, turn_items = self._current(items)
-        turn = Turn(turn_items, tools, body_text, wire)
+        turn = Turn(turn_items, tools, body_text, wire, items)
         done = sum(1 for i in turn_items if i.kind == "call" and not _is_helper(i.name))
         if done >= len(steps):
             return Action("say", text=DONE_TEXT)
