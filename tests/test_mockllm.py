@@ -225,6 +225,7 @@ def test_a_slow_answer_notices_the_client_hanging_up() -> None:
             + body
         )
         mock.wait_for(lambda e: e["action"]["text"] == "late", 10)  # decided, answer held back
+        assert mock.wait_delayed(lambda e: e["action"]["text"] == "late", 1)["wire"] == "chat"
         sock.close()
         entry = mock.wait_for(lambda e: bool(e.get("hung_up")), timeout=10)
     assert entry["hung_up_after_s"] < 10 and entry["action"]["text"] == "late"
