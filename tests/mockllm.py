@@ -591,13 +591,13 @@ class MockLLM:
         self.log: list[dict[str, Any]] = []
         self.delayed: list[dict[str, Any]] = []
         """Requests a ``delay_s`` step is holding back, logged on arrival (see :meth:`wait_delayed`)."""
-        self._decided: list[dict[str, Any]] = []  # answered or still being answered (a slow step)
         self.log_path = log_path
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._decided: list[dict[str, Any]] = []  # answered or still being answered (a slow step)
 
     @property
     def port(self) -> int:
