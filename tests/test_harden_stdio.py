@@ -34,6 +34,7 @@ class StdioProbe:
             server_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         self.buffer = b""
+        self.stderr = ""
 
     def send_raw(self, line: bytes) -> None:
         assert self.proc.stdin is not None
@@ -59,13 +60,21 @@ class StdioProbe:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return json.loads(line)
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
+    def close(self) -> str:
+        """Stop the server (EOF, then kill) and return what it wrote on stderr."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            self.proc.wait(10)
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read().decode("utf-8", "replace")
+        for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        return self.stderr
 
 
 @pytest.fixture
@@ -121,7 +130,6 @@ def test_sigint_stops_the_stdio_server_while_stdin_is_an_idle_pipe(probe: StdioP
         code = probe.proc.wait(5)
     except subprocess.TimeoutExpired:
         pytest.fail("SIGINT was ignored while stdin stayed open and silent")
-    assert code in (130, -signal.SIGINT, 0), probe.proc.stderr.read() if probe.proc.stderr else b""
+    assert code in (130, -signal.SIGINT, 0), probe.close()
     assert time.monotonic() - started < 5
-    assert probe.proc.stderr is not None
-    assert b"Traceback" not in probe.proc.stderr.read()
+    assert "Traceback" not in probe.close()

@@ -18,8 +18,9 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, Field
 
+from . import limits
 from .backends.base import CreateRequest, SessionBackend, SessionQuery
-from .errors import IdempotencyConflict, InvalidArgument, Unsupported
+from .errors import IdempotencyConflict, InvalidArgument, Unsupported, quote
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
 from .models import BackendInfo, Message, Role, Session, SessionRecord, Status, StoredMessage, TextPart
 from .store.base import Store
@@ -156,11 +157,16 @@ class SessionService:
         h = parse_handle(session_id, list(self.backends))
         return h, self.backends[h.backend]
 
+    def _public_id(self, query: str) -> Handle | None:
+        backend, sep, native = query.strip().partition(":")
+        return Handle(backend, native) if sep and native and backend in self.backends else None
+
     def backend_named(self, name: str | None) -> SessionBackend:
         """The backend called ``name`` (default when None)."""
+        limits.check(name, "backend", limits.BACKEND)
         name = name or self.default_backend
         if name not in self.backends:
-            raise InvalidArgument(f"unknown backend {name!r}; enabled backends: {', '.join(self.backends)}")
+            raise InvalidArgument(f"unknown backend {quote(name)}; enabled backends: {', '.join(self.backends)}")
         return self.backends[name]
 
     @staticmethod
@@ -170,16 +176,16 @@ class SessionService:
         return Session(
             id=str(h),
             backend=backend,
-            title=rec.title,
+            title=limits.clip(rec.title, limits.TITLE),
             status=rec.status,
-            error=rec.error,
+            error=limits.clip(rec.error, limits.ERROR_SHOWN),
             created_at=rec.created_at,
             updated_at=rec.updated_at,
             message_count=rec.message_count,
             transcript_uri=h.transcript_uri,
             messages_uri=h.messages_uri,
-            model=rec.model,
-            agent=rec.agent,
+            model=limits.clip(rec.model, limits.MODEL),
+            agent=limits.clip(rec.agent, limits.AGENT),
         )
 
     @staticmethod
@@ -242,20 +248,20 @@ class SessionService:
     ) -> Any:
         if key is None:
             return await run(None)
-        if not key.strip() or len(key) > 200:
-            raise InvalidArgument("idempotency_key must be 1-200 characters")
+        if not key.strip() or len(key) > limits.IDEMPOTENCY_KEY:
+            raise InvalidArgument(f"idempotency_key must be 1-{limits.IDEMPOTENCY_KEY} characters (got {len(key):,})")
         digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
         rec = await self.store.idem_claim(principal, tool, key, digest, stale_after_ms=int(stale_after_s * 1000))
         if rec is not None:
             if rec.params_hash != digest:
                 raise IdempotencyConflict(
-                    f"idempotency_key {key!r} was already used for a {tool} call with other parameters; "
+                    f"idempotency_key {quote(key)} was already used for a {tool} call with other parameters; "
                     "use a new key for a new request"
                 )
             if rec.state == "done" and rec.result:
                 return model.model_validate_json(rec.result).model_copy(update={"replayed": True})
             raise IdempotencyConflict(
-                f"a {tool} call with idempotency_key {key!r} is still in progress; retry in a few seconds"
+                f"a {tool} call with idempotency_key {quote(key)} is still in progress; retry in a few seconds"
             )
         dedupe = hashlib.sha256(f"{principal}\x1f{tool}\x1f{key}".encode()).hexdigest()
         result: BaseModel | None = None
@@ -296,8 +302,10 @@ class SessionService:
         be = self.backend_named(backend)
         if prompt is not None:
             _check_text(prompt, "prompt")
-        if title is not None and len(title) > 500:
-            raise InvalidArgument("title is longer than 500 characters")
+        limits.check(title, "title", limits.TITLE)
+        limits.check(model, "model", limits.MODEL)
+        limits.check(system, "system", limits.SYSTEM)
+        limits.check(agent, "agent", limits.AGENT)
         if system is not None and not be.capabilities.system_prompt:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
@@ -550,6 +558,11 @@ class SessionService:
         """Sessions of one backend, or of every enabled backend merged by recency."""
         if not 1 <= limit <= 200:
             raise InvalidArgument(f"limit must be between 1 and 200 (got {limit})")
+        limits.check(query, "query", limits.QUERY)
+        if query is not None and not backend:
+            named = self._public_id(query)
+            if named is not None:  # a session id as tools hand it out: look in its backend, by native id
+                backend, query = named.backend, named.native_id
         names = [self.backend_named(backend).name] if backend else list(self.backends)
         state: dict[str, object] = decode_page_token(cursor) if cursor else {}
         if cursor and set(state) - set(names):
@@ -578,8 +591,7 @@ class SessionService:
         h, be = self.handle(session_id)
         if not title.strip():
             raise InvalidArgument("title is empty")
-        if len(title) > 500:
-            raise InvalidArgument("title is longer than 500 characters")
+        limits.check(title, "title", limits.TITLE)
         if not be.capabilities.rename:
             raise Unsupported(be.name, "rename sessions")
         rec = await be.rename_session(principal, h.native_id, title.strip())

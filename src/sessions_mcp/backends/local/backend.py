@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio.abc import TaskGroup
 
-from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...errors import BadCursor, InvalidArgument, UnknownSession, Unsupported, quote
 from ...models import Capabilities, MessagePage, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
@@ -87,13 +87,11 @@ def _stored(row: MessageRow) -> StoredMessage:
 def _position(after: str | None) -> int:
     if after is None:
         return 0
-    try:
-        seq = int(after)
-    except ValueError:
-        raise InvalidArgument("bad cursor: pass a cursor returned by this server") from None
-    if seq < 0:
-        raise InvalidArgument("bad cursor: pass a cursor returned by this server")
-    return seq
+    # only the plain decimal positions this backend hands out: int() would also take "1_0", " 0",
+    # "٠" and numbers SQLite cannot hold
+    if not (after.isascii() and after.isdigit() and len(after) <= 18):
+        raise BadCursor("its position is not one this server hands out")
+    return int(after)
 
 
 class _FeedWatch(Watch):
@@ -172,7 +170,7 @@ class LocalBackend(SessionBackend):
             choices = ["none", *configured_agents(self.settings)]
             if agent not in choices:
                 raise InvalidArgument(
-                    f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
+                    f"agent {quote(agent)} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
                     f"{self.settings.agent}); use one of: {', '.join(choices)}, or leave agent empty"
                 )
         first = None
