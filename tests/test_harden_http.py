@@ -192,3 +192,25 @@ async def test_departed_legacy_subscribers_are_released(tmp_path: Path) -> None:
             with anyio.fail_after(10):
                 while (await anyio.to_thread.run_sync(health, url))["subscriptions"]["legacy"]:
                     await anyio.sleep(0.1)
+
+
+def test_doctor_says_when_the_descriptor_limit_squeezes_the_connection_cap(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+
+    from .conftest import server_command, server_env
+
+    def run(nofile: int) -> str:
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        env = server_env(tmp_path / "s.db", SESSIONS_MCP_HTTP__TOKENS=TOKENS)
+        done = subprocess.run(
+            [*server_command(), "doctor"], env=env, capture_output=True, text=True, timeout=60, preexec_fn=limit
+        )
+        return done.stdout
+
+    squeezed = run(300)
+    assert "warn  http: connections" in squeezed and "ulimit -n" in squeezed, squeezed
+    roomy = run(4096)
+    assert "ok    http: connections" in roomy, roomy

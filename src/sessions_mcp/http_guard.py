@@ -54,6 +54,17 @@ def connection_cap(configured: int, limit: int | None = None) -> int:
     return max(8, min(configured, fds - descriptor_reserve(fds)))
 
 
+def capacity_note(configured: int, limit: int | None = None) -> tuple[bool, str, str]:
+    """For ``doctor``: (near, what, fix) about the connection cap under the descriptor limit."""
+    fds = descriptor_limit() if limit is None else limit
+    cap = connection_cap(configured, fds)
+    what = f"up to {cap} connections (descriptor limit {fds}, {descriptor_reserve(fds)} kept for the rest)"
+    if cap < configured * NEAR:
+        fix = f"raise the descriptor limit (ulimit -n {configured + descriptor_reserve(configured * 2)}) or lower SESSIONS_MCP_HTTP__MAX_CONNECTIONS"
+        return True, f"{what}: below SESSIONS_MCP_HTTP__MAX_CONNECTIONS={configured}", fix
+    return False, what, ""
+
+
 @dataclass
 class ConnectionStats:
     """Open connections and what the guard did, for ``/healthz``."""
