@@ -214,3 +214,42 @@ def test_doctor_says_when_the_descriptor_limit_squeezes_the_connection_cap(tmp_p
     assert "warn  http: connections" in squeezed and "ulimit -n" in squeezed, squeezed
     roomy = run(4096)
     assert "ok    http: connections" in roomy, roomy
+
+
+async def test_long_polls_of_departed_http_clients_are_cancelled(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "s.db") as server:
+        url = server.started()
+        port = int(url.rsplit(":", 1)[1])
+        async with mcp_client(url, "http", "legacy") as c:  # ordinary calls never count as departed
+            created = await c.call_tool("create_session", {"title": "polled"})
+            sid = created.structured_content["session"]["id"]  # type: ignore[index]
+            for _ in range(5):
+                await c.call_tool("get_session", {"session_id": sid})
+        assert health(url).get("cancelled_for_departed_clients", 0) == 0
+        with httpx2.Client(timeout=10) as http:
+            r = http.post(url + "/mcp", json=INIT, headers=JSON_HEADERS)
+            headers = JSON_HEADERS | {
+                "mcp-session-id": r.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            http.post(url + "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        base_rss = rss_kb(server.proc.pid)
+        with sockets() as held:
+            for n in range(50):
+                body = json.dumps({
+                    "jsonrpc": "2.0", "id": 100 + n, "method": "tools/call",
+                    "params": {"name": "list_messages", "arguments": {"session_id": sid, "wait_s": 300}},
+                }).encode()  # fmt: skip
+                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(
+                    f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                held.append(s)
+            wait_for(lambda: health(url)["in_flight"] == 50, 10, "50 long-polls in flight")
+        # the clients are gone (sockets closed): their waits end now, not in 300 s
+        wait_for(lambda: health(url)["in_flight"] == 0, 10, "the departed clients' long-polls to be cancelled")
+        assert health(url)["cancelled_for_departed_clients"] == 50
+        assert rss_kb(server.proc.pid) < base_rss + 30_000
+        assert "Traceback" not in server.stderr

@@ -82,7 +82,9 @@ async def test_health_endpoint(make_settings: Callable[..., Settings]) -> None:
         # probes use the pod IP as Host and carry no token: health answers anyway, and says nothing secret
         r = await http.get(f"{served.url}/healthz", headers={"Host": "10.1.2.3:8765"})
         assert r.status_code == 200
-        assert set(r.json()) == {"status", "version", "in_flight", "sessions", "subscriptions"}
+        assert set(r.json()) == {
+            "status", "version", "in_flight", "sessions", "subscriptions", "cancelled_for_departed_clients"
+        }  # fmt: skip
         assert "alice" not in r.text and "bob" not in r.text  # counts only, never principals
 
 

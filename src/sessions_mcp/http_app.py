@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import __version__, logfilter
 from .audit import TRAIL
 from .auth import AuthConfig, build_auth
+from .disconnect import CancelOnDisconnect
 from .errors import ConfigError
 from .http_guard import ACCEPT_BACKLOG, ConnectionStats, connection_cap
 from .session_cap import SessionCap
@@ -189,12 +190,15 @@ class HttpApp:
     security: TransportSecuritySettings
     in_flight: InFlight
     sessions: SessionCap | None = None
+    departed: CancelOnDisconnect | None = None
     connections: ConnectionStats | None = None
     """Set by :func:`serve_http` (the connection guard lives in the server, not the app)."""
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` document: liveness, and how near each limit the server is."""
         body: dict[str, Any] = {"status": "ok", "version": __version__, "in_flight": self.in_flight.count}
+        if self.departed is not None:
+            body["cancelled_for_departed_clients"] = self.departed.cancelled
         near: list[str] = []
         if self.connections is not None:
             body["connections"] = conn = self.connections.report()
@@ -260,6 +264,8 @@ def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
         idle_timeout_s=http.session_idle_timeout_s,
     )
     middleware.append(Middleware(session_cap.wrap))  # behind authentication: it counts per principal
+    cancel_departed = CancelOnDisconnect(path=MCP_PATH)
+    middleware.append(Middleware(cancel_departed.wrap))  # behind authentication: it speaks as the client
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None, None]:
@@ -270,7 +276,7 @@ def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
     guarded = Guard(app, security=security, max_body_bytes=http.max_body_bytes)
     built = HttpApp(
         app=guarded, starlette=app, mcp=mcp, runtime=rt, auth=auth, security=security, in_flight=in_flight,
-        sessions=session_cap,
+        sessions=session_cap, departed=cancel_departed,
     )  # fmt: skip
     return built
 
