@@ -19,7 +19,7 @@ from .conftest import server_command, server_env
 from .test_harden_arguments import ToolCaller
 from .test_harden_stdio import INIT, StdioProbe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 HOLDER = """
 import os, signal, sqlite3, sys
@@ -118,3 +118,123 @@ def test_the_store_is_intact_after_the_frozen_holder_is_killed(
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert json.dumps(conn.execute("SELECT count(*) FROM messages").fetchone()) == "[2]"
+
+
+def call_many(probe: StdioProbe, calls: list[tuple[str, dict[str, Any]]], first_id: int) -> list[dict[str, Any]]:
+    """Send every call at once, then collect the answers in call order."""
+    for n, (name, arguments) in enumerate(calls):
+        probe.send({"jsonrpc": "2.0", "id": first_id + n, "method": "tools/call",
+                    "params": {"name": name, "arguments": arguments}})  # fmt: skip
+    answers: dict[int, dict[str, Any]] = {}
+    while len(answers) < len(calls):
+        answer = probe.read(30)
+        assert answer is not None, f"{len(calls) - len(answers)} of {len(calls)} calls never answered"
+        if "id" in answer:
+            answers[answer["id"]] = answer
+    return [answers[first_id + n] for n in range(len(calls))]
+
+
+def test_concurrent_calls_with_one_key_all_get_the_first_result(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    probe_a, a = start_server(db)
+    probe_b, _ = start_server(db)
+    try:
+        sid = a.ok("create_session", title="idem")["session"]["id"]
+        args = {
+            "session_id": sid,
+            "text": "exactly once",
+            "role": "assistant",
+            "idempotency_key": "k-1",
+            "timeout_s": 20,
+        }
+        call = ("send_message", args)
+        for probe in (probe_a, probe_b):  # twenty calls at once, from two server processes
+            for n in range(10):
+                probe.send({"jsonrpc": "2.0", "id": 700 + n, "method": "tools/call",
+                            "params": {"name": call[0], "arguments": call[1]}})  # fmt: skip
+        results = []
+        for probe in (probe_a, probe_b):
+            got = 0
+            while got < 10:
+                answer = probe.read(30)
+                assert answer is not None
+                if answer.get("id", 0) >= 700:
+                    got += 1
+                    assert not answer["result"].get("isError"), answer["result"]["content"][0]["text"]
+                    results.append(answer["result"]["structuredContent"])
+        assert len({r["message_id"] for r in results}) == 1, "callers got different results for one key"
+        assert sum(not r["replayed"] for r in results) == 1
+    finally:
+        probe_a.close()
+        probe_b.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM messages WHERE text = 'exactly once'").fetchone()[0] == 1
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_a_claim_of_a_killed_process_is_taken_over_at_once(tmp_path: Path) -> None:
+    from sessions_mcp.idempotent import owner_tag
+    from sessions_mcp.store.rows import this_host
+    from sessions_mcp.store.sqlite import SqliteStore
+
+    db = tmp_path / "s.db"
+    probe, c = start_server(db)
+    sid = c.ok("create_session", title="idem")["session"]["id"]
+    probe.close()
+    # a server that claimed the key and was SIGKILLed before it wrote (its claim is left pending)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    store = SqliteStore(db)
+    params = {"session_id": sid, "text": "once", "role": "assistant", "in_reply_to": None}
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    dead = f"{victim.pid}@{this_host()}#{'0' * 16}"  # the shape owner_tag() gives, for the dead pid
+    assert owner_tag(store).count("@") == 1 and owner_tag(store).count("#") == 1
+    assert await store.idem_claim("local", "send_message", "k-dead", digest, stale_after_ms=600_000, owner=dead) is None
+    await store.close()
+
+    probe, c = start_server(db)
+    try:
+        started = time.monotonic()
+        first = c.ok("send_message", session_id=sid, text="once", role="assistant", idempotency_key="k-dead")
+        assert time.monotonic() - started < 5, "waited for the dead process's claim to go stale"
+        assert not first["replayed"]
+        again = c.ok("send_message", session_id=sid, text="once", role="assistant", idempotency_key="k-dead")
+        assert again["replayed"] and again["message_id"] == first["message_id"]
+    finally:
+        probe.close()
+
+
+async def test_a_claim_left_by_a_failed_write_and_release_is_taken_over_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import anyio
+
+    from sessions_mcp.errors import StoreUnavailable
+    from sessions_mcp.server import Runtime
+    from sessions_mcp.settings import load_settings
+
+    rt = Runtime(load_settings(None, local={"db": str(tmp_path / "s.db")}))
+    async with rt.running():
+        s = rt.service
+        sid = (await s.create_session("local", prompt=None, title="t", backend=None, model=None, system=None,
+                                      wait=False, timeout_s=5, idempotency_key=None)).session.id  # fmt: skip
+        store = rt.store
+        real_append, real_release = store.append_message, store.idem_release
+
+        async def disk_full(*a: Any, **k: Any) -> Any:
+            raise StoreUnavailable("the filesystem is full")
+
+        store.append_message = disk_full  # type: ignore[method-assign]
+        store.idem_release = disk_full  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await s.send_message("local", session_id=sid, text="x", role="assistant", wait=False, timeout_s=5,
+                                 idempotency_key="k-full")  # fmt: skip
+        assert "could not release the idempotency key" in caplog.text
+        store.append_message, store.idem_release = real_append, real_release  # type: ignore[method-assign]
+        with anyio.fail_after(5):
+            r = await s.send_message("local", session_id=sid, text="x", role="assistant", wait=False, timeout_s=5,
+                                     idempotency_key="k-full")  # fmt: skip
+        assert not r.replayed

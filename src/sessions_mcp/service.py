@@ -201,7 +201,7 @@ class SessionService:
 
         first: CreateSessionResult = await idempotent(
             self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
-            stale_after_s=timeout_s + 120,
+            stale_after_s=timeout_s + 120, wait_s=timeout_s,
         )  # fmt: skip
         if first.replayed or prompt is None:
             return first
@@ -258,7 +258,7 @@ class SessionService:
 
         first: SendMessageResult = await idempotent(
             self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
-            stale_after_s=timeout_s + 120,
+            stale_after_s=timeout_s + 120, wait_s=timeout_s,
         )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
