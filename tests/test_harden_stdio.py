@@ -28,10 +28,10 @@ INIT = {
 class StdioProbe:
     """A raw line-level client of a server subprocess; every read is bounded."""
 
-    def __init__(self, db: Path, **extra_env: str) -> None:
+    def __init__(self, db: Path, *, command: list[str] | None = None, **extra_env: str) -> None:
         env = server_env(db, **extra_env)
         self.proc = subprocess.Popen(
-            server_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            command or server_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         self.buffer = b""
         self.stderr = ""

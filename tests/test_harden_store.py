@@ -238,3 +238,48 @@ async def test_a_claim_left_by_a_failed_write_and_release_is_taken_over_and_logg
             r = await s.send_message("local", session_id=sid, text="x", role="assistant", wait=False, timeout_s=5,
                                      idempotency_key="k-full")  # fmt: skip
         assert not r.replayed
+
+
+FULL_DISK = """
+set -e
+mount -t tmpfs -o size=2m tmpfs "$1"
+"$2" -m sessions_mcp || true
+"$2" -c "import sqlite3, sys; print('integrity:', sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0], file=sys.stderr)" "$1/s.db"
+"""
+
+
+def test_a_full_disk_is_reported_as_a_full_disk(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    # a 2 MiB filesystem of our own, in a private mount namespace (user namespace when not root)
+    unshare = [shutil.which("unshare") or "unshare", "-m" if os.geteuid() == 0 else "-rm"]
+    command = [*unshare, "sh", "-c", FULL_DISK, "sh", str(mount), sys.executable]
+    probe = StdioProbe(mount / "s.db", command=command)
+    probe.send(INIT)
+    assert probe.read(30) is not None, probe.close()
+    probe.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    c = ToolCaller(probe)
+    try:
+        sid = c.ok("create_session", prompt="before", title="full")["session"]["id"]
+        errors = []
+        for n in range(12):  # 300,000 characters a message: a few fill the filesystem
+            answer = c.call("send_message", session_id=sid, text=f"{n} " + "x" * 300_000, role="assistant")
+            if answer["result"].get("isError"):
+                errors.append(answer["result"]["content"][0]["text"])
+                if len(errors) == 3:
+                    break
+        assert errors, "the filesystem never filled up"
+        for text in errors:
+            assert "is full" in text and "nothing was written" in text and "Free space" in text, text
+            assert str(mount) in text
+        # reads either work or say the same
+        answer = c.call("list_messages", session_id=sid, limit=2)
+        if answer["result"].get("isError"):
+            assert "is full" in answer["result"]["content"][0]["text"]
+        assert c.ok("get_session", session_id=sid)["title"] == "full"
+    finally:
+        stderr = probe.close()
+    assert "integrity: ok" in stderr, stderr[-2000:]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -39,6 +40,9 @@ from .rows import TURN_LOST, claim_is_dead, new_writer_id, now_ms, this_host
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+FULL_BELOW_BYTES = 1_048_576
+"""An I/O error with less free space than this on the store's filesystem is reported as a full disk."""
 
 
 class _SqliteTx:
@@ -188,11 +192,34 @@ class SqliteStore(Store):
             f"({lockholder.describe(self.path)}); nothing was written, retry"
         )
 
+    def _full(self, msg: str) -> StoreUnavailable | None:
+        """The disk-full error, when ``msg`` is SQLite's "disk is full", or an I/O error on a full disk."""
+        lowered = msg.lower()
+        if "disk is full" not in lowered and "disk i/o error" not in lowered:
+            return None
+        try:
+            usage = shutil.disk_usage(self.path.parent)
+        except OSError:
+            usage = None
+        if "disk is full" not in lowered and (usage is None or usage.free > FULL_BELOW_BYTES):
+            return None  # an I/O error with room on the disk: some other fault
+        free = f"{usage.free / 1_048_576:.1f} MiB free of {usage.total / 1_048_576:.0f} MiB" if usage else "no room"
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        return StoreUnavailable(
+            f"the filesystem holding the local store {str(self.path)!r} is full ({free}): nothing was written. "
+            f"Free space on it (the store needs room for its write-ahead log, {wal_size / 1_048_576:.1f} MiB now), "
+            "or move the store with SESSIONS_MCP_LOCAL__DB; then retry"
+        )
+
     def _explain(self, exc: sqlite3.Error) -> StoreUnavailable | StoreBusy:
         msg = str(exc)
         where = f"the local store {str(self.path)!r}"
         if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
             return self._busy()
+        full = self._full(msg)
+        if full is not None:
+            return full
         if "readonly" in msg or "read-only" in msg:
             return StoreUnavailable(
                 f"{where} is read-only; make it writable or set SESSIONS_MCP_LOCAL__DB to a writable path"
