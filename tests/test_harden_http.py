@@ -129,8 +129,8 @@ def test_a_connection_flood_past_the_descriptor_limit_leaves_healthz_answering(t
         peak = fds(server.proc.pid)
         assert peak < nofile, f"the server holds {peak} descriptors of {nofile}"
         started = time.monotonic()
-        body = health(url, timeout=3)
-        assert time.monotonic() - started < 3
+        body = health(url, timeout=5)
+        assert time.monotonic() - started < 5
         assert body["status"] == "near_limit" and "connections" in body["near_limit"], body
         conn = body["connections"]
         assert conn["limit"] < nofile and conn["open"] <= conn["limit"], conn

@@ -24,6 +24,7 @@ from .models import BackendInfo, Role, Session, Status, StoredMessage
 from .paging import fit, public_session
 from .results import CreateSessionResult, DeleteResult, ListMessagesResult, ListSessionsResult, SendMessageResult
 from .store.base import Store
+from .store.deadline import writes_within
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
@@ -199,10 +200,11 @@ class SessionService:
                 status=created.session.status,
             )
 
-        first: CreateSessionResult = await idempotent(
-            self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
-            stale_after_s=timeout_s + 120, wait_s=timeout_s,
-        )  # fmt: skip
+        with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most
+            first: CreateSessionResult = await idempotent(
+                self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
+                stale_after_s=timeout_s + 120, wait_s=timeout_s,
+            )  # fmt: skip
         if first.replayed or prompt is None:
             return first
         rec = await be.get_session(principal, first.session.id.partition(":")[2])
@@ -256,10 +258,11 @@ class SessionService:
                 status=rec.status,
             )
 
-        first: SendMessageResult = await idempotent(
-            self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
-            stale_after_s=timeout_s + 120, wait_s=timeout_s,
-        )  # fmt: skip
+        with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most
+            first: SendMessageResult = await idempotent(
+                self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
+                stale_after_s=timeout_s + 120, wait_s=timeout_s,
+            )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
         if wait is None:

@@ -34,6 +34,7 @@ import anyio.to_thread
 from ..errors import StoreBusy, StoreUnavailable
 from . import lockholder
 from .base import Store
+from .deadline import bound
 from .dialect import Body, Retry, Row, Tx, run_sync, to_sqlite
 from .migrations import SQLITE_MIGRATIONS, migrate
 from .rows import TURN_LOST, claim_is_dead, new_writer_id, now_ms, this_host
@@ -283,7 +284,7 @@ class SqliteStore(Store):
 
     async def _write(self, body: Body[T]) -> T:
         def run() -> T:
-            deadline = time.monotonic() + self.busy_timeout_s
+            deadline = bound(time.monotonic() + self.busy_timeout_s)
             self._open_sync()
             if not self._wlock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
                 raise self._busy()  # another call of ours is still waiting for the same lock
