@@ -55,6 +55,17 @@ class Handle:
         return f"session://{self.backend}/{self.native_id}/messages"
 
 
+def count_position(after: str | None) -> int | None:
+    """A backend-native position that counts messages (``None`` is the start, 0); None when ``after``
+    is not a non-negative integer. Backends raise their own error for that."""
+    if after is None:
+        return 0
+    # only plain decimals: int() would also take "1_0", " 0", "٠", and numbers SQLite cannot hold
+    if not (after.isascii() and after.isdigit() and len(after) <= 18):
+        return None
+    return int(after)
+
+
 def parse_handle(session_id: str, known: list[str]) -> Handle:
     """Parse ``backend:native``; unknown shapes and disabled backends are unknown sessions."""
     backend, sep, native = (session_id or "").strip().partition(":")

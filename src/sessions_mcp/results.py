@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from .models import Message, Session, Status
 
 
-class CreateSessionResult(BaseModel):
-    """What ``create_session`` returns."""
+class WriteResult(BaseModel):
+    """What the write tools have in common: the session after the write, the messages, where to read on."""
 
     session: Session
     messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
@@ -19,15 +19,14 @@ class CreateSessionResult(BaseModel):
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
 
 
-class SendMessageResult(BaseModel):
+class CreateSessionResult(WriteResult):
+    """What ``create_session`` returns."""
+
+
+class SendMessageResult(WriteResult):
     """What ``send_message`` returns."""
 
     message_id: str
-    session: Session
-    messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
-    cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
-    status: Status
-    replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
 
 
 class ListMessagesResult(BaseModel):

@@ -179,17 +179,9 @@ class SessionService:
             params["agent"] = agent
 
         async def write(dedupe: str | None) -> CreateSessionResult:
-            created = await be.create_session(
-                CreateRequest(
-                    principal=principal,
-                    prompt=prompt,
-                    title=title,
-                    model=model,
-                    system=system,
-                    agent=agent,
-                    dedupe_key=dedupe,
-                )
-            )
+            request = CreateRequest(principal=principal, prompt=prompt, title=title, model=model, system=system,
+                                    agent=agent, dedupe_key=dedupe)  # fmt: skip
+            created = await be.create_session(request)
             sid = str(Handle(be.name, created.session.native_id))
             await self._touched(be, created.session.native_id)
             msgs, cursor, _ = fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
@@ -208,11 +200,8 @@ class SessionService:
         if first.replayed or prompt is None:
             return first
         rec = await be.get_session(principal, first.session.id.partition(":")[2])
-        if wait is None:
-            wait = be.agent_attached(rec)
-        if not wait:
-            return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        attached = be.agent_attached(rec) if wait is None else wait
+        return await self._finish_wait(principal, be, first, attached, timeout_s, max_chars, progress)
 
     async def send_message(
         self,
@@ -265,24 +254,27 @@ class SessionService:
             )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
-        if wait is None:
-            wait = be.agent_attached(await be.get_session(principal, h.native_id))
-        if not wait:
-            return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, wait, timeout_s, max_chars, progress)
 
     async def _finish_wait(
         self,
         principal: str,
         be: SessionBackend,
         first: Any,
-        cursor: str,
+        wait: bool | None,
         timeout_s: float,
         max_chars: int,
         progress: Progress | None,
     ) -> Any:
+        """Wait for the turn the write started and add its replies to ``first`` (when ``wait``;
+        None: when an agent is attached)."""
         sid: str = first.session.id
         native = sid.partition(":")[2]
+        if wait is None:
+            wait = be.agent_attached(await be.get_session(principal, native))
+        if not wait:
+            return first
+        cursor: str = first.cursor
         position, _ = decode_cursor(sid, cursor)
         deadline = time.monotonic() + timeout_s
         replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)

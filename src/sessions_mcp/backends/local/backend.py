@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio.abc import TaskGroup
 
-from ...errors import BadCursor, InvalidArgument, UnknownSession, Unsupported, quote
+from ...errors import InvalidArgument, UnknownSession, Unsupported, quote
+from ...ids import count_position
 from ...models import Capabilities, MessagePage, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
@@ -85,13 +86,10 @@ def _stored(row: MessageRow) -> StoredMessage:
 
 
 def _position(after: str | None) -> int:
-    if after is None:
-        return 0
-    # only the plain decimal positions this backend hands out: int() would also take "1_0", " 0",
-    # "٠" and numbers SQLite cannot hold
-    if not (after.isascii() and after.isdigit() and len(after) <= 18):
-        raise BadCursor("its position is not one this server hands out")
-    return int(after)
+    seq = count_position(after)
+    if seq is None:
+        raise InvalidArgument("bad cursor: pass a cursor returned by this server")
+    return seq
 
 
 class _FeedWatch(Watch):
