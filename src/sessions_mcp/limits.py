@@ -17,8 +17,6 @@ QUERY = 500
 IDEMPOTENCY_KEY = 200
 SYSTEM = 100_000
 """A system prompt may be long, but not unbounded."""
-ERROR_SHOWN = 2_000
-"""A session's error as shown in listings (the backend may keep a longer one)."""
 
 
 def check(value: str | None, name: str, limit: int) -> None:

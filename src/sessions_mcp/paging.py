@@ -18,7 +18,7 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
         backend=backend,
         title=limits.clip(rec.title, limits.TITLE),
         status=rec.status,
-        error=limits.clip(rec.error, limits.ERROR_SHOWN),
+        error=rec.error,
         created_at=rec.created_at,
         updated_at=rec.updated_at,
         message_count=rec.message_count,
