@@ -255,4 +255,15 @@ async def serve_stdio(mcp: Any) -> None:
     """Run ``mcp`` (an ``MCPServer``) over stdio with this transport."""
     low = mcp._lowlevel_server  # pyright: ignore[reportPrivateUsage]
     async with stdio_transport() as (read_stream, write_stream):
-        await low.run(read_stream, write_stream, low.create_initialization_options())
+        try:
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+        except BaseExceptionGroup as group:
+            # stopping (SIGINT, EOF) can close a stream an SDK task is still sending into; that
+            # is the end of the connection, not an error to show with a traceback
+            _, rest = group.split((anyio.BrokenResourceError, anyio.ClosedResourceError))
+            if rest is not None:
+                _, others = rest.split(anyio.get_cancelled_exc_class())
+                if others is None:  # only cancellation left: let it be one (SIGINT then exits 130)
+                    raise anyio.get_cancelled_exc_class()() from None
+                raise rest from None
+            log.debug("stdio: streams closed while stopping", exc_info=True)
