@@ -32,6 +32,8 @@ import mcp_types as types
 from mcp.shared._context_streams import ContextSendStream, create_context_streams  # pyright: ignore[reportPrivateUsage]
 from mcp.shared.message import SessionMessage
 
+from . import logfilter
+
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -253,6 +255,7 @@ async def stdio_transport(in_fd: int | None = None, out_fd: int | None = None) -
 
 async def serve_stdio(mcp: Any) -> None:
     """Run ``mcp`` (an ``MCPServer``) over stdio with this transport."""
+    logfilter.install()  # a client that repeats a bad line must not flood its own log with our warnings
     low = mcp._lowlevel_server  # pyright: ignore[reportPrivateUsage]
     async with stdio_transport() as (read_stream, write_stream):
         try:
