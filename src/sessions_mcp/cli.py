@@ -24,6 +24,7 @@ examples:
   sessions-mcp --transport http --port 8765     streamable HTTP at /mcp and SSE at /sse
   sessions-mcp doctor                           check configuration and reachability
   sessions-mcp ls | show ID | tail ID           look at sessions from a terminal
+  sessions-mcp setup claude-code                add this server to an MCP host (or --print)
   sessions-mcp daemon status | stop             the per-user daemon behind stdio (SESSIONS_MCP_DAEMON=off)
 """
 
@@ -115,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                             "SESSIONS_MCP_DAEMON__IDLE_S (default 600) without connections. "
                             "SESSIONS_MCP_DAEMON=off or --no-daemon serve in-process.")  # fmt: skip
     daemon.add_argument("daemon_command", choices=["status", "stop"], help="status: list them; stop: stop them all")
+    from .hosts import add_setup_parser
+
+    add_setup_parser(sub, _HelpFormatter)
     db = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
@@ -203,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import SessionsError
 
     try:
+        if args.command == "setup":  # needs no settings: a broken config file must not block it
+            from .hosts import run_setup_command
+
+            return run_setup_command(args)
         settings = settings_from_args(args)
         logging.getLogger().setLevel(settings.log_level.upper())
         command = args.command or "serve"
@@ -243,10 +251,11 @@ def _serve(settings: Any, transport: str) -> int:
 
     if transport == "stdio":
         from .server import build_server
+        from .stdio import serve_stdio
 
         mcp = build_server(settings)
         try:
-            anyio.run(mcp.run_stdio_async)
+            anyio.run(serve_stdio, mcp)
         except BaseException as exc:  # the client closed our stdout: leave quietly, nothing to report
             if not _only_broken_pipes(exc):
                 raise
