@@ -313,6 +313,8 @@ def main(key: str, args: list[str], *, lock: int, first: First) -> int:
     refuses is reported on the first client's stderr, with the exit status an in-process server
     would have had, and no daemon stays.
     """
+    with contextlib.suppress(OSError):  # "sessions-mcpd" in ps, and how tests tell the daemon apart
+        Path("/proc/self/comm").write_text("sessions-mcpd")
     from .. import cli
     from ..errors import SessionsError
 
@@ -333,6 +335,9 @@ def main(key: str, args: list[str], *, lock: int, first: First) -> int:
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
     )
+    from .. import logfilter
+
+    logfilter.install()  # as in-process: a client repeating a bad line must not flood the log
     daemon = Daemon(mcp, runtime, files, cli.config_file_of(parsed))
     try:
         anyio.run(daemon.run, lock, first)
