@@ -264,7 +264,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     )
     @_guard("get_session")
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
-        """Get one session: title, status (idle, running, awaiting_reply, failed), error, counts and URIs."""
+        """Get one session: title, status (idle, running, awaiting_reply, failed, needs_input), error, counts and URIs."""
         s = await service.get_session(current_principal(), session_id)
         return _result(s, session_line(s))
 

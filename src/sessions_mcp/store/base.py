@@ -9,6 +9,7 @@ processes follow to wake their waiters and subscribers.
 
 from __future__ import annotations
 
+import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -75,6 +76,45 @@ class Change:
     kind: ChangeKind
     writer: str = ""
     """The :attr:`Store.writer_id` of the process that wrote it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSessionRow:
+    """What the local backend keeps about a session of a named agent."""
+
+    workdir: str | None
+    state: dict[str, Any]
+    """The agent's own ids (e.g. ``acp_session_id``), JSON."""
+    pending: dict[str, Any] | None
+    """The request the agent waits on (a ``models.Pending`` as JSON), or None."""
+
+
+def agent_session_row(row: Any) -> AgentSessionRow | None:
+    """An ``agent_sessions`` row (workdir, state, pending) as read by either store."""
+    if row is None:
+        return None
+    return AgentSessionRow(row[0], json.loads(row[1] or "{}"), json.loads(row[2]) if row[2] else None)
+
+
+def agent_session_upsert(
+    session_id: str,
+    workdir: str | None,
+    state: dict[str, Any] | None,
+    pending: dict[str, Any] | None,
+    clear_pending: bool,
+) -> tuple[str, tuple[Any, ...]]:
+    """The one statement (``?`` placeholders) that writes an ``agent_sessions`` row; None keeps a column."""
+    new_pending = None if clear_pending else (json.dumps(pending) if pending is not None else None)
+    keep_pending = not clear_pending and pending is None
+    sql = (
+        "INSERT INTO agent_sessions (session_id, workdir, state, pending) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (session_id) DO UPDATE SET"
+        " workdir = COALESCE(excluded.workdir, agent_sessions.workdir),"
+        " state = CASE WHEN ? THEN agent_sessions.state ELSE excluded.state END,"
+        " pending = CASE WHEN ? THEN agent_sessions.pending ELSE excluded.pending END"
+    )
+    args = (session_id, workdir, json.dumps(state or {}), new_pending, state is None, keep_pending)
+    return sql, args
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +346,22 @@ class Store(ABC):
         :func:`this_host` and :data:`TURN_LOST`, so a turn cut off by a crash is failed the next
         time any process opens the database; agent runners also call it periodically.
         """
+
+    async def agent_session(self, session_id: str) -> AgentSessionRow | None:
+        """The named-agent state of a session, or None when nothing was stored."""
+        raise NotImplementedError("this store keeps no agent state")
+
+    async def agent_session_put(
+        self,
+        session_id: str,
+        *,
+        workdir: str | None = None,
+        state: dict[str, Any] | None = None,
+        pending: dict[str, Any] | None = None,
+        clear_pending: bool = False,
+    ) -> None:
+        """Create or update a session's named-agent row; a None argument keeps that column."""
+        raise NotImplementedError("this store keeps no agent state")
 
     async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
         """Sessions waiting for a turn that nobody started (optional; the default finds none).

@@ -107,4 +107,18 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at)
         """,
     ),
+    (
+        "0004_agent_sessions",
+        # Per session of a named agent: the folder it works in, the agent's own state (its ACP
+        # session id, so a follow-up after a restart continues the same conversation) and the
+        # permission request or question it waits on (JSON of models.Pending, NULL when none).
+        """
+        CREATE TABLE agent_sessions (
+            session_id  TEXT PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+            workdir     TEXT,
+            state       TEXT NOT NULL DEFAULT '{}',
+            pending     TEXT
+        )
+        """,
+    ),
 ]

@@ -59,6 +59,7 @@ from ..ids import new_message_id, new_native_id
 from ..models import Role, Status
 from .base import (
     TURN_LOST,
+    AgentSessionRow,
     Change,
     IdemRecord,
     MessageRow,
@@ -66,6 +67,8 @@ from .base import (
     MirrorStats,
     SessionRow,
     Store,
+    agent_session_row,
+    agent_session_upsert,
     claim_is_dead,
     new_writer_id,
     now_ms,
@@ -172,6 +175,17 @@ POSTGRES_MIGRATIONS: list[tuple[str, str]] = [
             updated_at     BIGINT NOT NULL
         );
         CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at);
+        """,
+    ),
+    (
+        "0004_agent_sessions",
+        """
+        CREATE TABLE agent_sessions (
+            session_id  TEXT COLLATE "C" PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+            workdir     TEXT,
+            state       TEXT NOT NULL DEFAULT '{}',
+            pending     TEXT
+        );
         """,
     ),
 ]
@@ -972,8 +986,8 @@ class PostgresStore(Store):
             rows = await (
                 await conn.execute(
                     "SELECT t.session_id FROM agent_turns t JOIN sessions s ON s.id = t.session_id"
-                    " WHERE t.runner = %s AND s.status = %s AND t.session_id = ANY(%s)",
-                    (runner, Status.RUNNING.value, ids),
+                    " WHERE t.runner = %s AND s.status IN (%s, %s) AND t.session_id = ANY(%s)",
+                    (runner, Status.RUNNING.value, Status.NEEDS_INPUT.value, ids),
                 )
             ).fetchall()
             return [r[0] for r in rows]
@@ -1030,7 +1044,7 @@ class PostgresStore(Store):
                 " host = NULL, lease_until = 0 WHERE session_id = %s",
                 (session_id,),
             )
-            if status is None or status[0] != Status.RUNNING.value:
+            if status is None or status[0] not in (Status.RUNNING.value, Status.NEEDS_INPUT.value):
                 continue
             await conn.execute(
                 "UPDATE sessions SET status = %s, error = %s, updated_at = GREATEST(updated_at, %s) WHERE id = %s",
@@ -1043,6 +1057,33 @@ class PostgresStore(Store):
 
     async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
         return await self._write(lambda conn: self._recover_turns(conn, host, error))
+
+    async def agent_session(self, session_id: str) -> AgentSessionRow | None:
+        async def q(conn: Conn) -> AgentSessionRow | None:
+            row = await (
+                await conn.execute(
+                    "SELECT workdir, state, pending FROM agent_sessions WHERE session_id = %s", (session_id,)
+                )
+            ).fetchone()
+            return agent_session_row(row)
+
+        return await self._read(q)
+
+    async def agent_session_put(
+        self,
+        session_id: str,
+        *,
+        workdir: str | None = None,
+        state: dict[str, Any] | None = None,
+        pending: dict[str, Any] | None = None,
+        clear_pending: bool = False,
+    ) -> None:
+        sql, args = agent_session_upsert(session_id, workdir, state, pending, clear_pending)
+
+        async def tx(conn: Conn) -> None:
+            await conn.execute(sql.replace("?", "%s"), args)  # pyright: ignore[reportArgumentType]
+
+        await self._write(tx)
 
     async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
         names = list(agents)

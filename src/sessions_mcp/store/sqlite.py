@@ -31,6 +31,7 @@ from ..ids import new_message_id, new_native_id
 from ..models import Role, Status
 from .base import (
     TURN_LOST,
+    AgentSessionRow,
     Change,
     IdemRecord,
     MessageRow,
@@ -38,6 +39,8 @@ from .base import (
     MirrorStats,
     SessionRow,
     Store,
+    agent_session_row,
+    agent_session_upsert,
     claim_is_dead,
     new_writer_id,
     now_ms,
@@ -717,8 +720,8 @@ class SqliteStore(Store):
             )
             rows = conn.execute(
                 "SELECT t.session_id FROM agent_turns t JOIN sessions s ON s.id = t.session_id"
-                f" WHERE t.runner = ? AND s.status = ? AND t.session_id IN ({marks})",
-                (runner, Status.RUNNING.value, *ids),
+                f" WHERE t.runner = ? AND s.status IN (?, ?) AND t.session_id IN ({marks})",
+                (runner, Status.RUNNING.value, Status.NEEDS_INPUT.value, *ids),
             ).fetchall()
             return [r[0] for r in rows]
 
@@ -755,8 +758,9 @@ class SqliteStore(Store):
                 (session_id,),
             )
             cur = conn.execute(
-                "UPDATE sessions SET status = ?, error = ?, updated_at = max(updated_at, ?) WHERE id = ? AND status = ?",
-                (Status.FAILED.value, error, ts, session_id, Status.RUNNING.value),
+                "UPDATE sessions SET status = ?, error = ?, updated_at = max(updated_at, ?) WHERE id = ?"
+                " AND status IN (?, ?)",
+                (Status.FAILED.value, error, ts, session_id, Status.RUNNING.value, Status.NEEDS_INPUT.value),
             )
             if cur.rowcount:
                 self._log_change(conn, session_id, owner, "status")
@@ -766,6 +770,27 @@ class SqliteStore(Store):
 
     async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
         return await self._write(lambda conn: self._recover_turns(conn, host, error))
+
+    async def agent_session(self, session_id: str) -> AgentSessionRow | None:
+        def q(conn: sqlite3.Connection) -> AgentSessionRow | None:
+            row = conn.execute(
+                "SELECT workdir, state, pending FROM agent_sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return agent_session_row(row)
+
+        return await self._read(q)
+
+    async def agent_session_put(
+        self,
+        session_id: str,
+        *,
+        workdir: str | None = None,
+        state: dict[str, Any] | None = None,
+        pending: dict[str, Any] | None = None,
+        clear_pending: bool = False,
+    ) -> None:
+        sql, args = agent_session_upsert(session_id, workdir, state, pending, clear_pending)
+        await self._write(lambda conn: conn.execute(sql, args))
 
     async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
         names = list(agents)
