@@ -575,6 +575,8 @@ class MockLLM:
     ) -> None:
         self.script = Script(script)
         self.log: list[dict[str, Any]] = []
+        self.delayed: list[dict[str, Any]] = []
+        """Requests a ``delay_s`` step is holding back, logged on arrival (see :meth:`wait_delayed`)."""
         self.log_path = log_path
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -647,6 +649,25 @@ class MockLLM:
                 if left <= 0:
                     raise TimeoutError(f"no matching request after {timeout} s ({len(self.log)} logged)")
                 self._cond.wait(left)
+
+    def wait_delayed(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
+        """The first request held back by a step's ``delay_s`` for which ``predicate`` holds, as soon as it
+        arrives (the log has it only once answered): e.g. to interrupt a turn while the model is "thinking"."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for entry in self.delayed:
+                    if predicate(entry):
+                        return entry
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no matching delayed request after {timeout} s")
+                self._cond.wait(left)
+
+    def _delaying(self, entry: dict[str, Any]) -> None:
+        with self._cond:
+            self.delayed.append(entry)
+            self._cond.notify_all()
 
     def _record(self, entry: dict[str, Any]) -> None:
         with self._cond:
@@ -759,6 +780,8 @@ class MockLLM:
 
             def _send(self, content_type: str, payload: Any, entry: dict[str, Any]) -> None:
                 delay = float(entry.get("action", {}).get("delay_s") or 0)
+                if delay:
+                    mock._delaying(entry)
                 if delay and mock._stop.wait(delay):
                     return
                 if content_type != "text/event-stream":
