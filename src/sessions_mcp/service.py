@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from .backends.base import CreateRequest, SessionBackend, SessionQuery
 from .errors import IdempotencyConflict, InvalidArgument, Unsupported
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
-from .models import BackendInfo, Message, Role, Session, SessionRecord, Status, StoredMessage, TextPart
+from .models import BackendInfo, Message, Pending, Role, Session, SessionRecord, Status, StoredMessage, TextPart
 from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class CreateSessionResult(BaseModel):
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
+    pending: Pending | None = None
 
 
 class SendMessageResult(BaseModel):
@@ -55,6 +56,7 @@ class SendMessageResult(BaseModel):
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
+    pending: Pending | None = None
 
 
 class ListMessagesResult(BaseModel):
@@ -151,6 +153,26 @@ class SessionService:
         """The enabled backends, default first."""
         return [b.info(default=name == self.default_backend) for name, b in self.backends.items()]
 
+    def agents(self) -> list[dict[str, Any]]:
+        """The local backend's agents (for the index, descriptions and completions); [] without it."""
+        local = self.backends.get("local")
+        infos = getattr(local, "agent_infos", None)
+        return infos() if infos is not None else []
+
+    def agent_help(self) -> str:
+        """The ``agent`` parameter's description: the available agents and the default."""
+        agents = self.agents()
+        ready = [a["name"] for a in agents if a["available"]]
+        default = next((a["name"] for a in agents if a["default"]), "none")
+        missing = [a["name"] for a in agents if not a["available"]]
+        text = (
+            "Local sessions only: what answers user turns, for the session's whole life. 'none' is the mailbox "
+            f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
+        )
+        if missing:
+            text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
+        return text
+
     def handle(self, session_id: str) -> tuple[Handle, SessionBackend]:
         """Parse a session id and find its backend."""
         h = parse_handle(session_id, list(self.backends))
@@ -180,6 +202,7 @@ class SessionService:
             messages_uri=h.messages_uri,
             model=rec.model,
             agent=rec.agent,
+            pending=rec.pending,
         )
 
     @staticmethod
@@ -288,6 +311,7 @@ class SessionService:
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
         agent: str | None = None,
+        workdir: str | None = None,
     ) -> CreateSessionResult:
         """Create a session, optionally send the first prompt and wait for the reply.
 
@@ -301,10 +325,11 @@ class SessionService:
         if system is not None and not be.capabilities.system_prompt:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
-        if agent is not None:
-            if be.name != "local":
-                raise Unsupported(be.name, "choose the agent of a session", "leave agent empty")
-            params["agent"] = agent
+        for key, value in (("agent", agent), ("workdir", workdir)):
+            if value is not None:
+                if be.name != "local":
+                    raise Unsupported(be.name, f"choose the {key} of a session", f"leave {key} empty")
+                params[key] = value
 
         async def write(dedupe: str | None) -> CreateSessionResult:
             created = await be.create_session(
@@ -315,6 +340,7 @@ class SessionService:
                     model=model,
                     system=system,
                     agent=agent,
+                    workdir=workdir,
                     dedupe_key=dedupe,
                 )
             )
@@ -423,6 +449,7 @@ class SessionService:
                 "cursor": next_cursor if more else cursor,
                 "status": status,
                 "session": session,
+                "pending": session.pending if status is Status.NEEDS_INPUT else None,
             }
         )
 
@@ -458,7 +485,9 @@ class SessionService:
             page = read
             while True:
                 replies = [m for m in page.items if m.role != "user"]
-                if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
+                if page.status is Status.NEEDS_INPUT or (
+                    page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED))
+                ):
                     return page.items, page.status
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -16,7 +16,7 @@ from .audit import TRAIL
 from .errors import SessionsError
 from .models import Role, Session, Status
 from .principal import current_principal
-from .render import messages_text, session_line
+from .render import messages_text, pending_text, session_line
 from .service import (
     DEFAULT_MAX_CHARS,
     CreateSessionResult,
@@ -116,6 +116,8 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
     )
 
+    agent_help = service.agent_help()
+
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
     before = {t.name for t in manager.list_tools()}
 
@@ -144,11 +146,12 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             str | None, Field(description="Model for the agent, where the backend lets you choose.")
         ] = None,
         system: Annotated[str | None, Field(description="System prompt, where the backend takes one.")] = None,
-        agent: Annotated[
+        agent: Annotated[str | None, Field(description=agent_help)] = None,
+        workdir: Annotated[
             str | None,
             Field(
-                description="Local sessions only: what answers user turns. 'none' (the mailbox: another client "
-                "answers), or 'command' / 'openai' when this server configures them. Default: the server's choice."
+                description="Local sessions with an agent: the folder the agent works in. It must lie inside "
+                "SESSIONS_MCP_LOCAL__AGENT_ROOTS. Default: the agent's CWD setting, else the server's folder."
             ),
         ] = None,
         wait: Annotated[
@@ -168,10 +171,13 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
+            workdir=workdir,
         )  # fmt: skip
         text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
         if r.messages:
             text += "\n\n" + messages_text(r.messages)
+        if r.pending is not None:
+            text += "\n\n" + pending_text(r.session.id, r.pending)
         return _result(r, text)
 
     @mcp.tool(
@@ -222,6 +228,8 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             out += "\n\n" + messages_text(replies)
         elif r.status.value == "running":
             out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
+        if r.pending is not None:
+            out += "\n\n" + pending_text(r.session.id, r.pending)
         return _result(r, out)
 
     @mcp.tool(

@@ -26,7 +26,7 @@ from acp.schema import (
     RequestPermissionResponse,
 )
 
-from ...._http import Redactor
+from ....._http import Redactor
 from ..command import TERM_GRACE_S, guarded
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class AcpProcess:
         self._stderr_task = asyncio.ensure_future(self._keep_stderr())
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.conn = acp.connect_to_agent(_Client(self), self.proc.stdin, self.proc.stdout)
-        from .... import __version__
+        from ..... import __version__
 
         self.init = await self.conn.initialize(
             protocol_version=acp.PROTOCOL_VERSION,
