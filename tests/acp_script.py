@@ -47,6 +47,14 @@ def shell_args(command: str) -> Any:
     return build
 
 
+def _recall(turn: Turn) -> str:
+    if SECRET not in turn.body_text:
+        return "FORGOT"
+    if "context was lost" in turn.body_text:
+        return f"RETOLD {SECRET}"  # sessions-mcp had to give the history to a new conversation
+    return f"RECALLED {SECRET}"
+
+
 def _written(turn: Turn) -> str:
     last = turn.last_result
     return f"WROTE-DONE ({(last.text if last else 'no result')[:200]})"
@@ -55,7 +63,7 @@ def _written(turn: Turn) -> str:
 def scenario() -> dict[str, list[Any]]:
     """The script every ACP preset test runs against."""
     script: dict[str, list[Any]] = {
-        "RECALL": [Say(lambda t: f"RECALLED {SECRET}" if SECRET in t.body_text else "FORGOT")],
+        "RECALL": [Say(_recall)],
         "REMEMBER": [Say("NOTED")],
         "SLOW": [Say("too late", delay_s=60)],
     }

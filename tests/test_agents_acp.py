@@ -33,6 +33,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.hosts, pytest.mark.timeout(900)]
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemini": ("gemini", {"model": "gemini-2.5-flash"}),
     "qwen": ("qwen", {}),
+    "opencode": ("opencode", {}),
+    "copilot": ("copilot", {}),
+    "droid": ("droid", {"model": "custom:Mock-0"}),
+    "claude": ("claude", {}),
+    "codex": ("codex", {}),
+}
+EXTRA_ENV: dict[str, dict[str, str]] = {
+    "droid": {"FACTORY_API_KEY": "fk-mock-key"},  # any value: droid's ACP mode refuses to start without one
 }
 
 
@@ -62,7 +70,7 @@ def rig(
 ) -> Iterator[Rig]:
     preset: str = request.param
     with MockLLM(scenario(), log_path=tmp_path / "mock.jsonl") as mock:
-        home = CliHome.create(PRESETS[preset][0], tmp_path / "home", mock.url)
+        home = CliHome.create(PRESETS[preset][0], tmp_path / "home", mock.url, EXTRA_ENV.get(preset))
         for key, value in home.env.items():
             monkeypatch.setenv(key, value)
         yield Rig(preset, home, mock, make_settings)
@@ -101,7 +109,7 @@ async def test_permission_asked_answered_both_ways_then_follow_ups_and_restart(r
             c, "create_session", agent=rig.preset, workdir=str(work), prompt="WRITE allowed.txt please", timeout_s=180
         )
         sid = first["session"]["id"]
-        assert first["status"] == "needs_input", first
+        assert first["status"] == "needs_input", first["session"]["error"]
         pending = first["pending"]
         assert pending["kind"] == "permission" and pending["options"], pending
         kinds = {o["kind"] for o in pending["options"]}

@@ -41,6 +41,8 @@ class Preset:
     """Command-line flag that picks the model, for agents without an ACP model option."""
     reload_same_minute_bug: bool = False
     """The agent loses a session reloaded in the UTC minute it was created (Gemini CLI 0.61)."""
+    session_meta: str = ""
+    """JSON object sent as ``_meta`` with session/new and session/load."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -52,6 +54,9 @@ PRESETS: dict[str, Preset] = {
             "npm install -g @agentclientprotocol/claude-agent-acp (the ACP adapter of Claude Code)",
             alternatives=(("claude-code-acp",),),
             ask_modes=("default",),
+            # never the bypass mode: with IS_SANDBOX set the adapter offers it, and Claude Code then
+            # refuses to start as root unless IS_SANDBOX=1
+            session_meta='{"claudeCode": {"options": {"allowDangerouslySkipPermissions": false}}}',
         ),
         Preset(
             "codex",
@@ -85,7 +90,7 @@ PRESETS: dict[str, Preset] = {
             ("copilot", "--acp", "--disable-client-telemetry"),
             "npm install -g @github/copilot",
             ask_modes=("https://agentclientprotocol.com/protocol/session-modes#agent", "agent"),
-            config=(("allow_all", "false"),),
+            config=(("allow_all", "off"),),
         ),
     )
 }
