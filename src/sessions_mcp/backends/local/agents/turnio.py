@@ -42,7 +42,7 @@ def answer_of(parts: list[dict[str, Any]]) -> tuple[str, str] | None:
     """``(pending id, answer)`` when these stored parts are an answer to a pending request."""
     for p in parts:
         if p.get("type") == "raw" and p.get("backend_type") == ANSWER:
-            data = p.get("data") or {}
+            data: dict[str, Any] = p.get("data") or {}
             return str(data.get("pending", "")), str(data.get("answer", ""))
     return None
 

@@ -188,8 +188,7 @@ class AcpAgent:
             want = next((m for m in preset.ask_modes if m in offered), None)
             if want is not None and want != modes.current_mode_id:
                 await _tolerant(proc.conn.set_session_mode(session_id=sid, mode_id=want))
-        options = {o.root.id if hasattr(o, "root") else o.id: (o.root if hasattr(o, "root") else o)
-                   for o in (getattr(resp, "config_options", None) or [])}  # fmt: skip
+        options = _config_options(resp)
         for key, value in preset.config if preset is not None else ():
             opt = options.get(key)
             if opt is not None:
@@ -308,6 +307,16 @@ class AcpAgent:
             task.cancel()
             log.info("%s agent did not end its turn after session/cancel; stopping its process", self.name)
             await self._drop(session_id, proc)
+
+
+def _config_options(resp: Any) -> dict[str, Any]:
+    """The session's config options by id (each may be wrapped in a RootModel)."""
+    out: dict[str, Any] = {}
+    raw: list[Any] = list(getattr(resp, "config_options", None) or [])
+    for item in raw:
+        opt: Any = getattr(item, "root", item)
+        out[str(opt.id)] = opt
+    return out
 
 
 async def _tolerant(call: Awaitable[Any]) -> None:

@@ -118,17 +118,22 @@ class AcpProcess:
         )
         self._stderr_task = asyncio.ensure_future(self._keep_stderr())
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.conn = acp.connect_to_agent(_Client(self), self.proc.stdin, self.proc.stdout)
+        self.conn = acp.connect_to_agent(
+            _Client(self),  # pyright: ignore[reportArgumentType] - implements the methods it declares
+            self.proc.stdin,
+            self.proc.stdout,
+        )
         from ..... import __version__
 
-        self.init = await self.conn.initialize(
+        init: InitializeResponse = await self.conn.initialize(
             protocol_version=acp.PROTOCOL_VERSION,
             client_capabilities=ClientCapabilities(
                 fs=FileSystemCapabilities(read_text_file=False, write_text_file=False), terminal=False
             ),
             client_info=Implementation(name="sessions-mcp", title="sessions-mcp", version=__version__),
         )
-        return self.init
+        self.init = init
+        return init
 
     async def _keep_stderr(self) -> None:
         stream = self.proc.stderr if self.proc is not None else None

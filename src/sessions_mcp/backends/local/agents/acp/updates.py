@@ -37,7 +37,8 @@ class _Call:
 def _content_text(content: Any) -> list[str]:
     """Readable lines of ACP tool-call content (text blocks, diffs, terminal references)."""
     out: list[str] = []
-    for item in content or []:
+    items: list[Any] = list(content or [])
+    for item in items:
         kind = getattr(item, "type", None)
         if kind == "content":
             block = getattr(item, "content", None)
