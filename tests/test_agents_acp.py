@@ -166,3 +166,65 @@ async def test_policy_answers_and_interrupt_stops_a_slow_turn(rig: Rig) -> None:
         assert stopped["status"] == "idle", stopped
         follow = await ok(c, "send_message", session_id=sid, text=f"REMEMBER {SECRET}", timeout_s=180)
         assert follow["status"] == "idle" and "NOTED" in follow["messages"][-1]["text"], follow
+
+
+# --- one preset is enough for what is the same for every agent -----------------------------------
+
+
+@pytest.fixture
+def one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_settings: Callable[..., Settings]) -> Iterator[Rig]:
+    with MockLLM(scenario(), log_path=tmp_path / "mock.jsonl") as mock:
+        home = CliHome.create("claude", tmp_path / "home", mock.url)
+        for key, value in home.env.items():
+            monkeypatch.setenv(key, value)
+        yield Rig("claude", home, mock, make_settings)
+        assert not home.leftover_pids(), "an agent process outlived the server"
+
+
+async def test_a_client_that_can_elicit_is_asked_first(one: Rig) -> None:
+    asked: list[Any] = []
+
+    async def answer(context: Any, params: Any) -> Any:
+        from mcp.types import ElicitResult
+
+        asked.append(params)
+        choices = params.requested_schema["properties"]["answer"]["oneOf"]
+        allow = next(c["const"] for c in choices if "once" in c["const"] and "reject" not in c["const"])
+        return ElicitResult(action="accept", content={"answer": allow})
+
+    settings = one.settings()
+    async with client_for(build_server(settings), "legacy", elicitation_callback=answer) as c:
+        r = await ok(c, "create_session", agent="claude", workdir=str(one.home.work), prompt="WRITE allowed.txt")
+        assert r["status"] == "idle", r
+    assert asked and "echo hi > allowed.txt" in asked[0].message
+    assert (one.home.work / "allowed.txt").exists()
+
+
+async def test_an_unanswered_request_is_rejected_after_the_input_timeout(one: Rig) -> None:
+    settings = one.make(local={"agent_roots": [str(one.home.work)], "input_timeout_s": 1}, agents={"claude": {}})
+    async with client_for(build_server(settings), "auto") as c:
+        r = await ok(c, "create_session", agent="claude", workdir=str(one.home.work), prompt="WRITE refused.txt")
+        sid = r["session"]["id"]
+        assert r["status"] == "needs_input"
+        done = await until(c, sid, ("idle", "failed"))
+        assert done["status"] == "idle" and done["pending"] is None, done
+        notes = [m["text"] for m in await messages(c, sid, roles=["tool"])]
+        assert any("nobody answered in time" in t for t in notes), notes
+    assert not (one.home.work / "refused.txt").exists()
+
+
+async def test_max_agents_queues_turns_and_reuses_idle_slots(one: Rig) -> None:
+    settings = one.make(local={"agent_roots": [str(one.home.work)], "max_agents": 1}, agents={"claude": {}})
+    work = str(one.home.work)
+    async with client_for(build_server(settings), "auto") as c:
+        a = await ok(c, "create_session", agent="claude", workdir=work, prompt="WRITE allowed.txt", timeout_s=120)
+        assert a["status"] == "needs_input"  # holds the only slot while it waits
+        b = await ok(c, "create_session", agent="claude", workdir=work, prompt=f"REMEMBER {SECRET}", timeout_s=1)
+        assert b["status"] == "running"  # queued behind a
+        allow = next(o for o in a["pending"]["options"] if o["kind"] == "allow_once")
+        await ok(c, "send_message", session_id=a["session"]["id"], text=allow["id"], timeout_s=120)
+        done = await until(c, b["session"]["id"], ("idle", "failed"))
+        assert done["status"] == "idle", done
+        # a's process was stopped to free the slot; its next turn starts it again and loads its conversation
+        again = await ok(c, "send_message", session_id=a["session"]["id"], text="REMEMBER again", timeout_s=120)
+        assert again["status"] == "idle" and "NOTED" in again["messages"][-1]["text"], again

@@ -7,6 +7,7 @@ stored in the shared store. It sees only neutral models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,8 @@ from .store.base import Store
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
+Asker = Callable[[Pending], Awaitable[str | None]]
+"""Asks the person at the waiting client (elicitation) what an agent wants; None when they cannot."""
 
 MAX_TEXT = 1_000_000
 """Largest message text accepted (characters)."""
@@ -158,20 +161,6 @@ class SessionService:
         local = self.backends.get("local")
         infos = getattr(local, "agent_infos", None)
         return infos() if infos is not None else []
-
-    def agent_help(self) -> str:
-        """The ``agent`` parameter's description: the available agents and the default."""
-        agents = self.agents()
-        ready = [a["name"] for a in agents if a["available"]]
-        default = next((a["name"] for a in agents if a["default"]), "none")
-        missing = [a["name"] for a in agents if not a["available"]]
-        text = (
-            "Local sessions only: what answers user turns, for the session's whole life. 'none' is the mailbox "
-            f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
-        )
-        if missing:
-            text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
-        return text
 
     def handle(self, session_id: str) -> tuple[Handle, SessionBackend]:
         """Parse a session id and find its backend."""
@@ -312,6 +301,7 @@ class SessionService:
         progress: Progress | None = None,
         agent: str | None = None,
         workdir: str | None = None,
+        ask: Asker | None = None,
     ) -> CreateSessionResult:
         """Create a session, optionally send the first prompt and wait for the reply.
 
@@ -365,7 +355,7 @@ class SessionService:
             wait = be.agent_attached(rec)
         if not wait:
             return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress, ask)
 
     async def send_message(
         self,
@@ -380,6 +370,7 @@ class SessionService:
         in_reply_to: str | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
+        ask: Asker | None = None,
     ) -> SendMessageResult:
         """Append a message; for a user message, optionally wait for the reply."""
         h, be = self.handle(session_id)
@@ -421,7 +412,7 @@ class SessionService:
             wait = be.agent_attached(await be.get_session(principal, h.native_id))
         if not wait:
             return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress, ask)
 
     async def _finish_wait(
         self,
@@ -432,12 +423,15 @@ class SessionService:
         timeout_s: float,
         max_chars: int,
         progress: Progress | None,
+        ask: Asker | None = None,
     ) -> Any:
         sid: str = first.session.id
         native = sid.partition(":")[2]
         position, _ = decode_cursor(sid, cursor)
         deadline = time.monotonic() + timeout_s
-        replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
+        asking = getattr(be, "asking", None)  # the local backend asks a waiting client's person first
+        async with asking(native, ask) if ask is not None and asking is not None else contextlib.nullcontext():
+            replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
         budget = max(max_chars - sum(len(m.text) for m in first.messages), 1)
         more, next_cursor, _ = self.fit(sid, replies, start=position, offset=0, max_chars=budget)
         # a healthy backend answers in milliseconds; a hung one must not hold the call past its timeout

@@ -9,12 +9,12 @@ from typing import Annotated, ParamSpec
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ClientCapabilities, ElicitationCapability, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .audit import TRAIL
 from .errors import SessionsError
-from .models import Role, Session, Status
+from .models import Pending, Role, Session, Status
 from .principal import current_principal
 from .render import messages_text, pending_text, session_line
 from .service import (
@@ -109,6 +109,51 @@ def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
     return report
 
 
+def _asker(ctx: Context) -> Callable[[Pending], Awaitable[str | None]] | None:
+    """Asks the person at this client (form elicitation) what a local agent wants; None without support."""
+    try:
+        session = ctx.request_context.session
+        if not session.check_client_capability(ClientCapabilities(elicitation=ElicitationCapability())):
+            return None
+    except Exception:
+        return None
+
+    async def ask(p: Pending) -> str | None:
+        if p.options:
+            prop: dict[str, object] = {
+                "type": "string", "title": "Your answer",
+                "oneOf": [{"const": o.id, "title": o.label} for o in p.options],
+            }  # fmt: skip
+        else:
+            prop = {"type": "string", "title": "Your answer"}
+        result = await session.elicit_form(
+            message=p.text,
+            requested_schema={"type": "object", "properties": {"answer": prop}, "required": ["answer"]},
+            related_request_id=ctx.request_id,
+        )
+        if result.action != "accept" or not result.content:
+            return None
+        answer = result.content.get("answer")
+        return answer if isinstance(answer, str) and answer.strip() else None
+
+    return ask
+
+
+def _agent_help(service: SessionService) -> str:
+    """The ``agent`` parameter's description: the available agents and the default."""
+    agents = service.agents()
+    ready = [a["name"] for a in agents if a["available"]]
+    default = next((a["name"] for a in agents if a["default"]), "none")
+    missing = [a["name"] for a in agents if not a["available"]]
+    text = (
+        "Local sessions only: what answers user turns, for the session's whole life. 'none' is the mailbox "
+        f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
+    )
+    if missing:
+        text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
+    return text
+
+
 def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
     """Add the eight tools to ``mcp``."""
     names = ", ".join(service.backends)
@@ -116,7 +161,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
     )
 
-    agent_help = service.agent_help()
+    agent_help = _agent_help(service)
 
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
     before = {t.name for t in manager.list_tools()}
@@ -171,7 +216,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
-            workdir=workdir,
+            workdir=workdir, ask=_asker(ctx),
         )  # fmt: skip
         text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
         if r.messages:
@@ -220,7 +265,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
             idempotency_key=idempotency_key,
-            in_reply_to=in_reply_to, progress=_progress(ctx),
+            in_reply_to=in_reply_to, progress=_progress(ctx), ask=_asker(ctx),
         )  # fmt: skip
         out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
         replies = r.messages[1:]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio.abc import TaskGroup
 
+from ...diagnostics import Check
 from ...errors import InvalidArgument, UnknownSession, Unsupported
 from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
@@ -228,6 +229,11 @@ class LocalBackend(SessionBackend):
         if self.runner is not None:
             await self.runner.aclose()
         await self.store.close()
+
+    async def diagnose(self) -> list[Check]:
+        from .diagnose import agent_checks
+
+        return agent_checks(self)
 
     def agent_attached(self, session: SessionRecord) -> bool:
         return session.agent not in (None, MAILBOX)

@@ -186,7 +186,11 @@ class TurnIO:
             text=text, options=options, created_at=datetime.now(UTC),
         )  # fmt: skip
         await self.flush()
-        answer = await self.backend.elicit(self.session_id, pending)
+        answer = None
+        with anyio.move_on_after(self.input_timeout_s):
+            answer = await self.backend.elicit(self.session_id, pending)
+        if answer is not None and pending.options:
+            answer = match_option(pending, answer)
         if answer is not None:
             return answer
         store = self.backend.store
