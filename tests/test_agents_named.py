@@ -64,7 +64,8 @@ async def test_agent_and_workdir_are_checked(
     root = tmp_path / "root"
     (root / "proj").mkdir(parents=True)
     settings = make_settings(
-        local={"agent_roots": [str(root)]}, agents={"echo": {"kind": "command", "command": f"{sys.executable} -c print(1)"}}
+        local={"agent_roots": [str(root)]},
+        agents={"echo": {"kind": "command", "command": f"{sys.executable} -c print(1)"}},
     )
     async with client_for(build_server(settings), "auto") as c:
 
@@ -92,7 +93,9 @@ async def test_a_command_agent_by_name_runs_in_its_workdir(
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     cmd = f"{sys.executable} -c 'import os; print(os.getcwd())'"
-    settings = make_settings(local={"agent_roots": [str(root)], "agent_input": "none"}, agents={"pwd": {"kind": "command", "command": cmd}})
+    settings = make_settings(
+        local={"agent_roots": [str(root)], "agent_input": "none"}, agents={"pwd": {"kind": "command", "command": cmd}}
+    )
     async with client_for(build_server(settings), "auto") as c:
         r = await c.call_tool("create_session", {"agent": "pwd", "workdir": str(root / "a"), "prompt": "where?"})
         assert r.structured_content is not None, r.content

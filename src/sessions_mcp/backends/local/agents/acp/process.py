@@ -39,6 +39,22 @@ UpdateFn = Callable[[str, Any], Awaitable[None]]
 PermissionFn = Callable[[str, Any, list[Any]], Awaitable[str | None]]
 
 
+class _QuietUnknownMethods(logging.Filter):
+    """The SDK logs, on the root logger, every notification the client does not handle; Qwen sends
+    two non-standard ones per turn (``qwen/notify/...``) that need no answer: keep them at debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Unhandled error while handling notification"):
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, acp.RequestError) and getattr(exc, "code", None) == -32601:
+                log.debug("ACP agent sent a notification this client ignores: %s", record.getMessage())
+                return False
+        return True
+
+
+logging.getLogger().addFilter(_QuietUnknownMethods())
+
+
 class _Client:
     """The client side the agent talks to: updates and permission requests go to the current turn."""
 
