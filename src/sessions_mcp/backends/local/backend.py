@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from ...diagnostics import Check
 from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...ids import count_position
 from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
@@ -91,13 +92,8 @@ def _stored(row: MessageRow) -> StoredMessage:
 
 
 def _position(after: str | None) -> int:
-    if after is None:
-        return 0
-    try:
-        seq = int(after)
-    except ValueError:
-        raise InvalidArgument("bad cursor: pass a cursor returned by this server") from None
-    if seq < 0:
+    seq = count_position(after)
+    if seq is None:
         raise InvalidArgument("bad cursor: pass a cursor returned by this server")
     return seq
 
@@ -194,10 +190,7 @@ class LocalBackend(SessionBackend):
 
     async def pending(self, native_id: str) -> Pending | None:
         """What the session's agent waits for, if anything."""
-        try:
-            extra = await self.store.agent_session(native_id)
-        except NotImplementedError:
-            return None
+        extra = await self.store.agent_session(native_id)
         return Pending.model_validate(extra.pending) if extra is not None and extra.pending else None
 
     @asynccontextmanager

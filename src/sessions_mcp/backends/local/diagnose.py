@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def agent_checks(backend: LocalBackend) -> list[Check]:
     """The default agent, every preset and configured agent (installed or what to install), the roots."""
-    from ...doctor import _local_agent_checks  # pyright: ignore[reportPrivateUsage]
+    from ...doctor_config import local_agent_checks
     from ...settings import Settings
     from .agents.registry import agent_roots
 
@@ -21,7 +21,7 @@ def agent_checks(backend: LocalBackend) -> list[Check]:
     default = settings.agent
     out: list[Check] = []
     if default in ("command", "openai") or default == "none":
-        out += _local_agent_checks(Settings.model_construct(local=settings))
+        out += local_agent_checks(Settings.model_construct(local=settings))
     elif default not in backend.specs:
         out.append(
             Check("local: agent", "fail", f"the default agent {default!r} is not known",

@@ -18,7 +18,6 @@ How a turn runs (:class:`TurnRunner`):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -424,9 +423,7 @@ class TurnRunner:
 
     async def _run(self, session_id: str, turn: _Turn, agent: Agent, inp: TurnInput, upto: int) -> None:
         owner = turn.owner
-        extra = None
-        with contextlib.suppress(NotImplementedError):
-            extra = await self.store.agent_session(session_id)
+        extra = await self.store.agent_session(session_id)
         io = TurnIO(
             self.backend, owner, session_id, limit=self.max_output, input_timeout_s=self.input_timeout_s,
             workdir=extra.workdir if extra else None, state=extra.state if extra else None,
