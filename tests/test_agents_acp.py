@@ -228,3 +228,17 @@ async def test_max_agents_queues_turns_and_reuses_idle_slots(one: Rig) -> None:
         # a's process was stopped to free the slot; its next turn starts it again and loads its conversation
         again = await ok(c, "send_message", session_id=a["session"]["id"], text="REMEMBER again", timeout_s=120)
         assert again["status"] == "idle" and "NOTED" in again["messages"][-1]["text"], again
+
+
+async def test_interrupt_ends_a_turn_that_waits_for_input(one: Rig) -> None:
+    async with one.client() as c:
+        r = await ok(c, "create_session", agent="claude", workdir=str(one.home.work), prompt="WRITE refused.txt")
+        sid = r["session"]["id"]
+        assert r["status"] == "needs_input"
+        listed = await ok(c, "list_sessions", status="needs_input")
+        assert [s["id"] for s in listed["sessions"]] == [sid] and listed["sessions"][0]["pending"]["options"]
+        stopped = await ok(c, "interrupt_session", session_id=sid)
+        assert stopped["status"] == "idle" and stopped["pending"] is None, stopped
+        after = await ok(c, "send_message", session_id=sid, text=f"REMEMBER {SECRET}", timeout_s=120)
+        assert after["status"] == "idle" and "NOTED" in after["messages"][-1]["text"], after
+    assert not (one.home.work / "refused.txt").exists()

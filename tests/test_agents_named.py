@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mcp.types import PromptReference
 
-from sessions_mcp.backends.local.agents.registry import PRESETS, check_workdir, resolve_agents
+from sessions_mcp.backends.local.registry import PRESETS, check_workdir, resolve_agents
 from sessions_mcp.models import Message, Session
 from sessions_mcp.render import transcript_markdown
 from sessions_mcp.server import build_server

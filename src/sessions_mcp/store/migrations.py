@@ -154,7 +154,7 @@ MIGRATIONS: list[Migration] = [
         CREATE TABLE agent_sessions (
             session_id  {key} PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
             workdir     TEXT,
-            state       TEXT NOT NULL DEFAULT '{{}}',
+            state       TEXT NOT NULL DEFAULT '',
             pending     TEXT
         );
         """,

@@ -33,8 +33,8 @@ from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, Sess
 if TYPE_CHECKING:
     from ...mirror import Mirror
     from ...settings import AgentSettings, FactoryAppSettings, LocalSettings
-    from .agents.registry import AgentSpec
     from .agents.turnio import Asker
+    from .registry import AgentSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class LocalBackend(SessionBackend):
         factory_app: FactoryAppSettings | None = None,
         agents: dict[str, AgentSettings] | None = None,
     ) -> None:
-        from .agents.registry import resolve_agents
+        from .registry import resolve_agents
 
         self.store = store
         self.settings = settings
@@ -253,7 +253,7 @@ class LocalBackend(SessionBackend):
                 raise InvalidArgument(f"agent {agent!r} is not available here: {spec.detail}")
         workdir: str | None = None
         if req.workdir is not None:
-            from .agents.registry import agent_roots, check_workdir
+            from .registry import agent_roots, check_workdir
 
             if agent is None:
                 raise InvalidArgument("workdir needs an agent: pick one with agent=..., or leave workdir empty")

@@ -15,7 +15,7 @@ def agent_checks(backend: LocalBackend) -> list[Check]:
     """The default agent, every preset and configured agent (installed or what to install), the roots."""
     from ...doctor_config import local_agent_checks
     from ...settings import Settings
-    from .agents.registry import agent_roots
+    from .registry import agent_roots
 
     settings = backend.settings
     default = settings.agent

@@ -38,7 +38,7 @@ from .turnio import TurnIO, answer_of
 if TYPE_CHECKING:
     from ....settings import AgentSettings, LocalSettings
     from ..backend import LocalBackend
-    from .registry import AgentSpec
+    from ..registry import AgentSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class _Unconfigured:
 
 def configured_agents(settings: LocalSettings, agents: dict[str, AgentSettings] | None = None) -> list[str]:
     """The agents sessions may pick: every known agent (presets, configured ones, command/openai)."""
-    from .registry import resolve_agents
+    from ..registry import resolve_agents
 
     return list(resolve_agents(settings, agents or {}))
 
@@ -198,7 +198,7 @@ def create_runner(
 
     Agents are built on first use (a preset whose CLI is missing costs nothing until picked).
     """
-    from .registry import resolve_agents
+    from ..registry import resolve_agents
 
     specs = resolve_agents(settings, agents or {})
     return TurnRunner(

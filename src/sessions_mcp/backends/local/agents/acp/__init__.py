@@ -38,7 +38,7 @@ from .process import AcpProcess
 from .updates import Translator
 
 if TYPE_CHECKING:
-    from ..registry import AgentSpec
+    from ...registry import AgentSpec
     from ..slots import Closer
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from ....settings import AgentSettings, LocalSettings
+    from ...settings import AgentSettings, LocalSettings
 
 Kind = Literal["acp", "command", "openai"]
 Policy = Literal["ask", "allow", "deny"]
