@@ -241,4 +241,7 @@ async def test_interrupt_ends_a_turn_that_waits_for_input(one: Rig) -> None:
         assert stopped["status"] == "idle" and stopped["pending"] is None, stopped
         after = await ok(c, "send_message", session_id=sid, text=f"REMEMBER {SECRET}", timeout_s=120)
         assert after["status"] == "idle" and "NOTED" in after["messages"][-1]["text"], after
+        assert one.home.leftover_pids(wait_s=0)  # its process stays for the next turn...
+        await ok(c, "delete_session", session_id=sid)
+        assert not one.home.leftover_pids()  # ...until the session is deleted
     assert not (one.home.work / "refused.txt").exists()

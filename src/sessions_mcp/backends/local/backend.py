@@ -340,6 +340,9 @@ class LocalBackend(SessionBackend):
             await self.runner.interrupt(principal, native_id)
         if not await self.store.delete_session(principal, native_id):
             raise UnknownSession(f"local:{native_id}")
+        forget = getattr(self.runner, "forget", None)
+        if forget is not None:
+            await forget(native_id)  # stop an agent process kept for this session's next turn
         await self.publish(native_id, principal, "deleted")
 
     # --- messages ---------------------------------------------------------------------------

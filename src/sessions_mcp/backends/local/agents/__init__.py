@@ -289,6 +289,14 @@ class TurnRunner:
             except Exception:
                 log.debug("closing agent %s failed", agent.name, exc_info=True)
 
+    async def forget(self, session_id: str) -> None:
+        """The session is gone: stop the agent process kept for its next turn, if any."""
+        close = self.slots.idle.get(session_id)
+        if close is not None:
+            self.slots.forget(session_id)
+            with anyio.CancelScope(shield=True):
+                await close()
+
     def running(self) -> list[str]:
         """Ids of the sessions whose turn runs in this process."""
         return list(self._turns)

@@ -206,10 +206,11 @@ class TurnIO:
                 answered = await self._wait_answer(pending.id, after)
         finally:
             with anyio.CancelScope(shield=True):
-                await store.agent_session_put(self.session_id, clear_pending=True)
                 row = await store.get_session(self.owner, self.session_id)
-                if row is not None and row.status is Status.NEEDS_INPUT:
-                    await self.backend.set_status(self.owner, self.session_id, Status.RUNNING)
+                if row is not None:  # else deleted meanwhile: nothing left to clear
+                    await store.agent_session_put(self.session_id, clear_pending=True)
+                    if row.status is Status.NEEDS_INPUT:
+                        await self.backend.set_status(self.owner, self.session_id, Status.RUNNING)
         return answered
 
     async def _wait_answer(self, pending_id: str, after: int) -> str | None:
