@@ -7,7 +7,8 @@ Triggers (the latest user text that contains one picks the script, see tests/moc
 - ``REMEMBER``: plain text ``NOTED``;
 - ``RECALL``: says ``RECALLED kiwi-42`` when the request carries the earlier ``kiwi-42`` message
   (the agent kept its conversation), else ``FORGOT``;
-- ``SLOW``: answers after 60 s (the turn is interrupted long before).
+- ``SLOW``: answers after 60 s (the turn is interrupted long before);
+- ``WRITE live.txt``: the shell call, then the final answer only after 60 s (parts show up meanwhile).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def scenario() -> dict[str, list[Any]]:
         "REMEMBER": [Say("NOTED")],
         "SLOW": [Say("too late", delay_s=60)],
     }
+    script["WRITE live.txt"] = [Call(SHELL_TOOLS, shell_args("echo hi > live.txt")), Say("late", delay_s=60)]
     for name in ("allowed.txt", "refused.txt", "policy.txt"):
         script[f"WRITE {name}"] = [Call(SHELL_TOOLS, shell_args(f"echo hi > {name}")), Say(_written)]
     return script

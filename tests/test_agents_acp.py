@@ -245,3 +245,19 @@ async def test_interrupt_ends_a_turn_that_waits_for_input(one: Rig) -> None:
         await ok(c, "delete_session", session_id=sid)
         assert not one.home.leftover_pids()  # ...until the session is deleted
     assert not (one.home.work / "refused.txt").exists()
+
+
+async def test_tool_calls_are_in_the_transcript_while_the_turn_still_runs(one: Rig) -> None:
+    async with one.client(permissions="allow") as c:
+        r = await ok(
+            c, "create_session", agent="claude", workdir=str(one.home.work), prompt="WRITE live.txt", wait=False
+        )
+        sid = r["session"]["id"]
+        page = await ok(c, "list_messages", session_id=sid, after=r["cursor"], roles=["tool"], wait_s=120)
+        seen = [m["text"] for m in page["messages"]]
+        while not any("(completed)" in t for t in seen):
+            page = await ok(c, "list_messages", session_id=sid, after=page["next_cursor"], roles=["tool"], wait_s=120)
+            seen += [m["text"] for m in page["messages"]]
+        assert page["status"] == "running"  # the model's final answer is still 60 s away
+        assert (one.home.work / "live.txt").exists()
+        await ok(c, "interrupt_session", session_id=sid)
