@@ -39,7 +39,15 @@ all_bins() {
   local b
   for b in "${BINS[@]}"; do [ -e "$DIR/node_modules/.bin/$b" ] || return 1; done
 }
+# Copilot CLI unpacks ~235 MB into $XDG_CACHE_HOME/copilot on its first run; unpack it once here
+# (tests/clis.py points every run at "$DIR/cache") so parallel test workers never race on it.
+warm_copilot() {
+  [ -d "$DIR/cache/copilot" ] && return 0
+  mkdir -p "$DIR/cache/home"
+  XDG_CACHE_HOME="$DIR/cache" HOME="$DIR/cache/home" "$DIR/node_modules/.bin/copilot" --version </dev/null >/dev/null
+}
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && all_bins; then
+  warm_copilot
   exit 0
 fi
 
@@ -66,5 +74,6 @@ if [ "${#missing[@]}" -ne 0 ]; then
   echo "setup-clis: installed, but these executables are missing: ${missing[*]}" >&2
   exit 1
 fi
+warm_copilot
 echo "$WANT" >"$STAMP"
 echo "== setup-clis: done" >&2

@@ -27,6 +27,9 @@ tool is not offered but a tool-search tool is (Claude Code, droid and Qwen defer
 first calls that with ``select:<full name>``; when a ``WaitForMcpServers`` tool is offered instead
 (Claude Code while servers start), it calls that.
 
+A step's ``delay_s`` holds the answer back (a slow model); when the CLI drops the request meanwhile
+(a cancelled turn), the log entry gets ``hung_up_after_s``.
+
 Several scripts can be given as ``{trigger: steps}``: the latest user text that contains a trigger
 picks the script, and only calls after that message count (multi-turn sessions, e.g. over ACP).
 
@@ -47,6 +50,8 @@ import gzip
 import itertools
 import json
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -100,12 +105,14 @@ class Tool:
 
 @dataclass
 class Turn:
-    """What a step function sees: the current turn's items, the offered tools, the raw body text."""
+    """What a step function sees: the current turn's items, the offered tools, every string of the body."""
 
     items: list[Item]
     tools: list[Tool]
     body_text: str
     wire: str
+    history: list[Item] = field(default_factory=list[Item])
+    """The whole conversation in the request, earlier turns included."""
 
     @property
     def results(self) -> list[Item]:
@@ -177,10 +184,17 @@ def _is_helper(name: str) -> bool:
 
 
 def _deferred_name(body_text: str, wanted: str) -> str | None:
-    """A prefixed tool name mentioned in the request (a deferred-tools listing) ending in ``wanted``."""
-    for m in re.finditer(r"[A-Za-z0-9_\-]*[_\-]" + re.escape(wanted) + r"(?![A-Za-z0-9_])", body_text):
-        return m.group(0)
-    return None
+    """A prefixed tool name mentioned in the request (a deferred-tools listing) ending in ``wanted``.
+
+    Paths such as ``-tmp-x-probe`` also end in a tool's name, so names that look like MCP tool
+    names (``mcp…``, a ``__`` separator) win over the rest, and a leading ``-`` never matches; the
+    bare name counts too (Claude Code defers its own ``ReadMcpResourceTool``).
+    """
+    pattern = r"(?<![A-Za-z0-9_\-])((?:[A-Za-z0-9_][A-Za-z0-9_\-]*[_\-])?" + re.escape(wanted) + r")(?![A-Za-z0-9_\-])"
+    found = re.findall(pattern, body_text)
+    if not found:
+        return None
+    return max(found, key=lambda n: (n.startswith("mcp") or "__" in n, "-" not in n))
 
 
 class Script:
@@ -204,7 +218,7 @@ class Script:
 
     def decide(self, items: list[Item], tools: list[Tool], body_text: str, wire: str) -> Action:
         steps, turn_items = self._current(items)
-        turn = Turn(turn_items, tools, body_text, wire)
+        turn = Turn(turn_items, tools, body_text, wire, items)
         done = sum(1 for i in turn_items if i.kind == "call" and not _is_helper(i.name))
         if done >= len(steps):
             return Action("say", text=DONE_TEXT)
@@ -234,6 +248,12 @@ class Script:
                     return Action("call", tool=search.name, namespace=search.namespace,
                                   args={"query": f"select:{deferred}"})  # fmt: skip
             if name is None:
+                # Not even listed: the server may still be connecting. Claude Code then asks the model
+                # to search by keyword (its ToolSearch waits for connecting servers); older versions
+                # offered a WaitForMcpServers tool.
+                search = turn.tool(SEARCH_TOOLS)
+                if search is not None and not any(s.args.get("query") == wanted[0] for s in searched):
+                    return Action("call", tool=search.name, namespace=search.namespace, args={"query": wanted[0]})
                 waiter = turn.tool(WAIT_TOOLS)
                 waited = any(i.kind == "call" and _matches(i.name, WAIT_TOOLS[0]) for i in turn.items)
                 if waiter is not None and not waited:
@@ -583,6 +603,7 @@ class MockLLM:
         self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._decided: list[dict[str, Any]] = []  # answered or still being answered (a slow step)
 
     @property
     def port(self) -> int:
@@ -638,11 +659,15 @@ class MockLLM:
         return list(seen.values())
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
-        """The first logged request for which ``predicate`` holds, waiting up to ``timeout`` seconds for it."""
+        """The first request for which ``predicate`` holds, waiting up to ``timeout`` seconds for it.
+
+        Requests count as soon as the mock has decided its answer (``action`` is set), before the
+        answer is sent, so a test can act while a slow step is still being answered.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for entry in self.log:
+                for entry in [*self.log, *(d for d in self._decided if not any(d is e for e in self.log))]:
                     if predicate(entry):
                         return entry
                 left = deadline - time.monotonic()
@@ -684,6 +709,11 @@ class MockLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def handle(self) -> None:
+                # the CLI may hang up (killed, or it timed out a slow answer): nothing left to answer
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    super().handle()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the JSON log is the record
@@ -778,11 +808,30 @@ class MockLLM:
                 entry["status"] = status
                 mock._record(entry)
 
+            def _wait_or_hang_up(self, delay: float, entry: dict[str, Any]) -> bool:
+                """Wait ``delay`` s before answering; False (and ``hung_up_after_s`` logged) if the CLI
+                closed the connection meanwhile (a cancelled turn) or the mock is stopping."""
+                started = time.monotonic()
+                while (left := delay - (time.monotonic() - started)) > 0:
+                    if mock._stop.is_set():
+                        return False
+                    readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                    if not readable:
+                        continue
+                    if self.connection.recv(1, socket.MSG_PEEK):  # data, not EOF: just wait out the delay
+                        return not mock._stop.wait(max(0.0, delay - (time.monotonic() - started)))
+                    entry["hung_up_after_s"] = round(time.monotonic() - started, 3)
+                    entry["hung_up"] = True
+                    mock._record(entry)
+                    self.close_connection = True
+                    return False
+                return True
+
             def _send(self, content_type: str, payload: Any, entry: dict[str, Any]) -> None:
                 delay = float(entry.get("action", {}).get("delay_s") or 0)
                 if delay:
                     mock._delaying(entry)
-                if delay and mock._stop.wait(delay):
+                if delay and not self._wait_or_hang_up(delay, entry):
                     return
                 if content_type != "text/event-stream":
                     self._json(200, payload, entry)
@@ -820,6 +869,9 @@ class MockLLM:
         entry["items"] = [asdict(i) for i in items]
         entry["tools"] = [t.full for t in tools]
         entry["action"] = asdict(action)
+        with self._cond:
+            self._decided.append(entry)
+            self._cond.notify_all()
         return action
 
 
