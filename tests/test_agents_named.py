@@ -199,3 +199,44 @@ async def test_acp_updates_become_parts_in_order(tmp_path: Path, make_settings: 
         assert io.segment == [{"type": "text", "text": "Done."}]  # the rest is written when the turn ends
     finally:
         await store.close()
+
+
+async def test_slots_evict_the_least_recently_used_idle_process_then_queue_then_reap() -> None:
+    import anyio
+
+    from sessions_mcp.backends.local.agents.slots import Slots
+
+    stopped: list[str] = []
+
+    class Keeper:  # an agent that keeps a process after each turn, like the ACP agent
+        def idle_closer(self, session_id: str) -> Any:
+            async def close() -> None:
+                stopped.append(session_id)
+
+            return close
+
+    slots, agent = Slots(2), Keeper()
+    for sid in ("a", "b"):
+        async with slots.hold(sid, agent):
+            pass
+    assert list(slots.idle) == ["a", "b"] and not stopped
+    async with slots.hold("a", agent):  # a's own process: no eviction
+        assert stopped == []
+    async with slots.hold("c", agent):  # full: the least recently used idle one (b) goes
+        assert stopped == ["b"]
+        queued = anyio.Event()
+
+        async def d_turn() -> None:
+            async with slots.hold("d", agent, on_queue=lambda: _set(queued)):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            async with slots.hold("e", agent):  # takes a's idle slot; d must wait for a turn to end
+                tg.start_soon(d_turn)
+                await queued.wait()
+    await slots.reap(idle_s=0)
+    assert not slots.idle and set(stopped) == {"a", "b", "c", "d", "e"}
+
+
+async def _set(event: Any) -> None:
+    event.set()
