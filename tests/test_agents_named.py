@@ -230,10 +230,10 @@ async def test_slots_evict_the_least_recently_used_idle_process_then_queue_then_
             async with slots.hold("d", agent, on_queue=lambda: _set(queued)):
                 pass
 
-        async with anyio.create_task_group() as tg:
-            async with slots.hold("e", agent):  # takes a's idle slot; d must wait for a turn to end
-                tg.start_soon(d_turn)
-                await queued.wait()
+        # e takes a's idle slot; d must wait for a turn to end
+        async with anyio.create_task_group() as tg, slots.hold("e", agent):
+            tg.start_soon(d_turn)
+            await queued.wait()
     await slots.reap(idle_s=0)
     assert not slots.idle and set(stopped) == {"a", "b", "c", "d", "e"}
 
