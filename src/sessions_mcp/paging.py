@@ -26,6 +26,7 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
         messages_uri=h.messages_uri,
         model=limits.clip(rec.model, limits.MODEL),
         agent=limits.clip(rec.agent, limits.AGENT),
+        pending=rec.pending,
     )
 
 
