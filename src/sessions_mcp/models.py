@@ -25,6 +25,8 @@ class Status(StrEnum):
     """A user message has no reply and no agent is attached: another agent should answer."""
     FAILED = "failed"
     """The last turn failed; ``error`` says why."""
+    NEEDS_INPUT = "needs_input"
+    """The agent asked for a permission or an answer and waits (see ``Session.pending``)."""
 
 
 Role = Literal["user", "assistant", "tool", "system"]
@@ -116,6 +118,24 @@ def parts_text(parts: list[Any]) -> str:
     return "\n".join(t for t in (part_text(p) for p in parts) if t)
 
 
+class PendingOption(BaseModel):
+    """One way to answer a pending permission request."""
+
+    id: str
+    label: str
+    kind: str
+
+
+class Pending(BaseModel):
+    """What the agent asked for while the session is ``needs_input``."""
+
+    id: str
+    kind: Literal["permission", "question"]
+    text: str
+    options: list[PendingOption] | None = None
+    created_at: datetime
+
+
 class Message(BaseModel):
     """One message of a session's transcript."""
 
@@ -148,6 +168,7 @@ class Session(BaseModel):
     messages_uri: str
     model: str | None = None
     agent: str | None = Field(default=None, description="What answers user turns: 'mailbox', an agent name, or remote.")
+    pending: Pending | None = None
 
 
 # --- what backends return (positions are backend-native, wrapped into opaque cursors by the service)
@@ -181,6 +202,7 @@ class SessionRecord(BaseModel):
     model: str | None = None
     agent: str | None = None
     head: str | None = Field(default=None, description="Backend position after the last message, if known.")
+    pending: Pending | None = None
 
 
 class MessagePage(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from .backends.base import CreateRequest, SessionBackend, SessionQuery
 from .errors import IdempotencyConflict, InvalidArgument, Unsupported
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
-from .models import BackendInfo, Message, Role, Session, SessionRecord, Status, StoredMessage, TextPart
+from .models import BackendInfo, Message, Pending, Role, Session, SessionRecord, Status, StoredMessage, TextPart
 from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class CreateSessionResult(BaseModel):
     messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
+    pending: Pending | None = None
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
 
 
@@ -54,6 +55,7 @@ class SendMessageResult(BaseModel):
     messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
+    pending: Pending | None = None
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
 
 
@@ -180,6 +182,7 @@ class SessionService:
             messages_uri=h.messages_uri,
             model=rec.model,
             agent=rec.agent,
+            pending=rec.pending,
         )
 
     @staticmethod
@@ -302,7 +305,7 @@ class SessionService:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
         if agent is not None:
-            if be.name != "local":
+            if be.name not in ("local", "a2a"):
                 raise Unsupported(be.name, "choose the agent of a session", "leave agent empty")
             params["agent"] = agent
 
@@ -326,6 +329,7 @@ class SessionService:
                 messages=msgs,
                 cursor=cursor,
                 status=created.session.status,
+                pending=created.session.pending,
             )
 
         first: CreateSessionResult = await self._idempotent(
@@ -383,6 +387,7 @@ class SessionService:
                 messages=msgs,
                 cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1].truncated else cursor,
                 status=rec.status,
+                pending=rec.pending,
             )
 
         first: SendMessageResult = await self._idempotent(
@@ -423,6 +428,7 @@ class SessionService:
                 "cursor": next_cursor if more else cursor,
                 "status": status,
                 "session": session,
+                "pending": session.pending,
             }
         )
 
@@ -458,7 +464,9 @@ class SessionService:
             page = read
             while True:
                 replies = [m for m in page.items if m.role != "user"]
-                if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
+                if page.status not in WAITING and (
+                    replies or page.status in (Status.IDLE, Status.FAILED, Status.NEEDS_INPUT)
+                ):
                     return page.items, page.status
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
