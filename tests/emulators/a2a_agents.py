@@ -111,6 +111,8 @@ class Faults:
     rpc_count: int = 0
     cut_stream_after: int = 0
     """Abort the next streamed response after this many body chunks."""
+    garble_stream_at: int = 0
+    """Replace this body chunk of the next streamed response with an event A2A does not define."""
     card_body: bytes | None = None
     token: str | None = None
     """Bearer token the RPC routes require (the card stays public)."""
@@ -152,8 +154,8 @@ class _Guard:
             f.rpc_count -= 1
             await JSONResponse({"error": "injected"}, status_code=f.rpc_status)(scope, receive, send)
             return
-        cut = f.cut_stream_after
-        if cut <= 0:
+        cut, garble = f.cut_stream_after, f.garble_stream_at
+        if cut <= 0 and garble <= 0:
             await self.app(scope, receive, send)
             return
         sent = 0
@@ -165,9 +167,13 @@ class _Guard:
                 streaming = any(k == b"content-type" and b"event-stream" in v for k, v in message["headers"])
             if streaming and message["type"] == "http.response.body" and message.get("more_body"):
                 sent += 1
-                if sent > cut:
+                if cut and sent > cut:
                     f.cut_stream_after = 0
                     raise ConnectionAbortedError("stream cut by the test")
+                if garble and sent == garble:
+                    f.garble_stream_at = 0
+                    bogus = b'data: {"jsonrpc": "2.0", "id": 1, "result": {"surprise": true}}\r\n\r\n'
+                    message = {**message, "body": bogus}
             await send(message)
 
         await self.app(scope, receive, cutting_send)
