@@ -257,6 +257,9 @@ class A2AAgent:
             try:
                 loop.run_until_complete(server.serve(sockets=[sock]))
             finally:
+                # end the SDK's task producers here: garbage-collected later in the test's thread, their
+                # cleanup takes the queue's lock and can hang the whole test run
+                loop.run_until_complete(_drain(loop))
                 loop.close()
                 sock.close()
 
@@ -278,6 +281,16 @@ class A2AAgent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks(loop) if t is not me]
+    for t in pending:
+        t.cancel()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+    await loop.shutdown_asyncgens()
 
 
 @contextlib.contextmanager

@@ -248,10 +248,12 @@ class A2ABackend(SessionBackend):
                 f"list_messages(session_id={self._handle(native_id)!r}, wait_s=60), or call interrupt_session first"
             )
         ids = await self._last_ids(row)
-        task_id = ids.get("task_id") if row.status is Status.NEEDS_INPUT else None
+        waiting = row.status is Status.NEEDS_INPUT
         return await self.turns.begin(
-            row.owner, row.id, link, text, context_id=ids.get("context_id"), task_id=task_id, dedupe_key=dedupe_key
-        )
+            row.owner, row.id, link, text, context_id=ids.get("context_id"),
+            task_id=ids.get("task_id") if waiting else None, dedupe_key=dedupe_key,
+            answered=ids.get("question_id", "") if waiting else "",
+        )  # fmt: skip
 
     async def rename_session(self, principal: str, native_id: str, title: str) -> SessionRecord:
         row = await self.store.update_session(self._owner(principal), native_id, title=title)
@@ -267,6 +269,8 @@ class A2ABackend(SessionBackend):
         ids = await self._last_ids(row)
         task_id = ids.get("task_id", "")
         live = self.turns.live.get(row.id)
+        if live is not None:
+            live.interrupted = True  # whatever ends the turn now, it was interrupted
         if link is not None and task_id:
             await link.cancel(task_id)  # the SDK may never send "canceled" on an open stream: re-read below
         if live is not None:

@@ -105,6 +105,8 @@ class TaskView:
     state: str
     status_parts: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
     artifacts: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    status_id: str = ""
+    """The messageId of the status message (tells a new question from one already answered)."""
 
     @property
     def status_text(self) -> str:
@@ -126,6 +128,7 @@ def task_view(task: Task) -> TaskView:
         state=state_name(task.status.state),
         status_parts=neutral_parts(msg.parts) if msg is not None else [],
         artifacts=artifact_parts(task.artifacts),
+        status_id=msg.message_id if msg is not None else "",
     )
 
 
@@ -142,6 +145,7 @@ class Event:
     task: TaskView | None = None
     artifact_id: str = ""
     append: bool = False
+    status_id: str = ""
 
 
 def event_view(ev: StreamResponse) -> Event:
@@ -149,12 +153,13 @@ def event_view(ev: StreamResponse) -> Event:
     kind = ev.WhichOneof("payload")
     if kind == "task":
         t = task_view(ev.task)
-        return Event("task", t.id, t.context_id, t.state, t.status_parts, task=t)
+        return Event("task", t.id, t.context_id, t.state, t.status_parts, task=t, status_id=t.status_id)
     if kind == "status_update":
         u = ev.status_update
         msg = u.status.message if u.status.HasField("message") else None
         parts = neutral_parts(msg.parts) if msg is not None else []
-        return Event("status", u.task_id, u.context_id, state_name(u.status.state), parts)
+        sid = msg.message_id if msg is not None else ""
+        return Event("status", u.task_id, u.context_id, state_name(u.status.state), parts, status_id=sid)
     if kind == "artifact_update":
         a = ev.artifact_update
         return Event(

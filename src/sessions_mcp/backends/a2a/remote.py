@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 from a2a.client import (
@@ -29,6 +31,7 @@ from a2a.types import (
     Role,
     SendMessageConfiguration,
     SendMessageRequest,
+    StreamResponse,
     SubscribeToTaskRequest,
 )
 from a2a.utils.errors import A2AError, TaskNotCancelableError, TaskNotFoundError
@@ -130,8 +133,9 @@ class AgentLink:
             message=msg, configuration=SendMessageConfiguration(accepted_output_modes=[], return_immediately=True)
         )
         try:
-            async for ev in client.send_message(req):
-                yield self._event(ev)
+            async with aclosing(_gen(client.send_message(req))) as stream:
+                async for ev in stream:
+                    yield self._event(ev)
         except SessionsError:
             raise
         except Exception as exc:
@@ -141,8 +145,9 @@ class AgentLink:
         """SubscribeToTask: the live events of a task that is still running."""
         client = await self._sdk()
         try:
-            async for ev in client.subscribe(SubscribeToTaskRequest(id=task_id)):
-                yield self._event(ev)
+            async with aclosing(_gen(client.subscribe(SubscribeToTaskRequest(id=task_id)))) as stream:
+                async for ev in stream:
+                    yield self._event(ev)
         except SessionsError:
             raise
         except Exception as exc:
@@ -219,6 +224,12 @@ class AgentLink:
             return BackendError(f"{where} answered an error while {doing}: {_short(exc)}")
         log.debug("unexpected A2A failure", exc_info=exc)
         return ProtocolError(f"{where} answered something this server cannot read while {doing}: {_short(exc)}")
+
+
+def _gen(stream: AsyncIterator[StreamResponse]) -> AsyncGenerator[StreamResponse, None]:
+    # the SDK's streams are async generators typed as iterators; closing them ourselves ends the HTTP
+    # stream in the task that opened it (left to the garbage collector, it ends in another context)
+    return cast("AsyncGenerator[StreamResponse, None]", stream)
 
 
 def new_message_id() -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,13 @@ class Turn:
     deltas: list[str] = field(default_factory=list[str])
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: bool = False
+    interrupted: bool = False
+    answered: str = ""
+    """The status messageId of the question this turn answers: seeing it again is not a new question."""
+
+    def paused(self, state: str, status_id: str) -> bool:
+        """Whether ``state`` ends the turn waiting for the client (not the question already answered)."""
+        return state in PAUSED and not (state == "input-required" and status_id and status_id == self.answered)
 
 
 class Handoff:
@@ -152,12 +160,16 @@ class Turns:
         context_id: str | None,
         task_id: str | None,
         dedupe_key: str | None,
+        answered: str = "",
     ) -> StoredMessage:
-        """Send ``text`` and store it once the agent accepted it; the turn goes on in the background."""
+        """Send ``text`` and store it once the agent accepted it; the turn goes on in the background.
+
+        ``task_id`` (with the status messageId of its question in ``answered``) answers a task
+        waiting for input."""
         if self.tg is None:
             raise RuntimeError("the a2a backend was not started")
         handoff = Handoff()
-        turn = Turn(owner, session_id, link, new_message_id(), context_id or "", task_id or "")
+        turn = Turn(owner, session_id, link, new_message_id(), context_id or "", task_id or "", answered=answered)
         self.tg.start_soon(self._run, turn, text, dedupe_key, handoff)
         with anyio.move_on_after(link.timeout_s + 5):
             await handoff.event.wait()
@@ -173,7 +185,10 @@ class Turns:
         """Follow a task this process did not start (after a restart, or started elsewhere)."""
         if self.tg is None or session_id in self.live or not ids.get("task_id"):
             return
-        turn = Turn(owner, session_id, link, ids.get("message_id", ""), ids.get("context_id", ""), ids["task_id"])
+        turn = Turn(
+            owner, session_id, link, ids.get("message_id", ""), ids.get("context_id", ""), ids["task_id"],
+            answered=ids.get("answered", ""),
+        )  # fmt: skip
         self.live[session_id] = turn
         self.tg.start_soon(self._resume, turn)
 
@@ -209,7 +224,10 @@ class Turns:
                     ) from None
                 turn.context_id = first.context_id or turn.context_id
                 turn.task_id = first.task_id or (turn.task_id if first.kind != "message" else "")
-                ids = ids_part(context_id=turn.context_id, task_id=turn.task_id, message_id=turn.message_id)
+                ids = ids_part(
+                    context_id=turn.context_id, task_id=turn.task_id, message_id=turn.message_id,
+                    answered=turn.answered,
+                )  # fmt: skip
                 got = None
                 with anyio.CancelScope(shield=True):
                     got = await self.store.append_message(
@@ -252,7 +270,7 @@ class Turns:
         if ev.kind == "artifact":
             await self.progress(turn, text_of(ev.parts))
             return
-        if ev.state in TERMINAL or ev.state in PAUSED:
+        if ev.state in TERMINAL or turn.paused(ev.state, ev.status_id):
             await self._settle(turn, ev.task)
             return
         if ev.kind == "status":
@@ -267,7 +285,7 @@ class Turns:
             if seen is None:
                 seen = TaskView(turn.task_id, turn.context_id, turn.state)
             view = seen
-        if view.state not in TERMINAL and view.state not in PAUSED:
+        if view.state not in TERMINAL and not turn.paused(view.state, view.status_id):
             return  # the re-read is behind the stream; keep following
         await self.finish(turn, view)
 
@@ -316,7 +334,7 @@ class Turns:
                 delay = min(delay * 1.5, self.poll_max_s)
                 continue
             turn.state = view.state
-            if view.state in TERMINAL or view.state in PAUSED:
+            if view.state in TERMINAL or turn.paused(view.state, view.status_id):
                 await self.finish(turn, view)
                 return
             if view.status_text and view.status_text != said:
@@ -325,10 +343,11 @@ class Turns:
             facts = turn.link.facts
             if facts is not None and facts.streaming:
                 try:
-                    async for ev in turn.link.subscribe(turn.task_id):
-                        await self._absorb(turn, ev)
-                        if turn.done:
-                            return
+                    async with aclosing(turn.link.subscribe(turn.task_id)) as events:
+                        async for ev in events:
+                            await self._absorb(turn, ev)
+                            if turn.done:
+                                return
                     delay = FIRST_POLL_S  # the stream ended cleanly; read the task again at once
                     continue
                 except SessionsError as exc:
@@ -356,7 +375,7 @@ class Turns:
                 + (f": {why}" if why else "")
                 + "; give the agent the credentials it needs out of band, then send the message again"
             )
-        if interrupted and view.state != "completed":
+        if (interrupted or turn.interrupted) and view.state != "completed":
             status, error = Status.IDLE, None
             parts.append(TextPart(text="[interrupted]").model_dump())
         with anyio.CancelScope(shield=True):
@@ -366,6 +385,7 @@ class Turns:
                 ids = ids_part(
                     context_id=view.context_id or turn.context_id, task_id=view.id or turn.task_id,
                     message_id=turn.message_id, state=view.state,
+                    question_id=view.status_id if view.state == "input-required" else "",
                 )  # fmt: skip
                 await self.store.append_message(
                     turn.owner, turn.session_id, role="assistant", parts=[*parts, ids], text=text_of(parts),
