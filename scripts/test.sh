@@ -24,4 +24,5 @@ echo "== pyright"
 echo "== bench smoke"
 .venv/bin/python bench/run.py --smoke --out "${TMPDIR:-/tmp}/sessions-mcp-bench-smoke.json"
 echo "== pytest"
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers by default (this is sized for a 2-core machine); SESSIONS_MCP_TEST_WORKERS=0 runs serially.
+exec .venv/bin/python -m pytest -q -n "${SESSIONS_MCP_TEST_WORKERS:-2}" "$@"
