@@ -101,6 +101,7 @@ def instructions(service: SessionService) -> str:
 
 def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kwargs: Any) -> MCPServer:
     """The MCP server for these settings (not yet running)."""
+    from .apps import session_view
     from .prompts import register_prompts
     from .resources import register_resources
     from .subscriptions import Notifier
@@ -123,6 +124,7 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
         lifespan=lifespan,
         subscriptions=notifier.bus,
         log_level=cast(Any, settings.log_level.upper()),
+        extensions=[session_view(), *mcp_kwargs.pop("extensions", ())],
         **mcp_kwargs,
     )
     open_world = bool(REMOTE & set(rt.service.backends))
