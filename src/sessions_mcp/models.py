@@ -26,7 +26,25 @@ class Status(StrEnum):
     FAILED = "failed"
     """The last turn failed; ``error`` says why."""
     NEEDS_INPUT = "needs_input"
-    """The agent asked for a permission or an answer and waits (see ``Session.pending``)."""
+    """The agent asked for a permission or a question and waits (``pending`` says what)."""
+
+
+class PendingOption(BaseModel):
+    """One answer the agent offers to a pending permission request."""
+
+    id: str
+    label: str
+    kind: str
+
+
+class Pending(BaseModel):
+    """What the agent of a ``needs_input`` session waits for; answer it with send_message."""
+
+    id: str
+    kind: Literal["permission", "question"]
+    text: str
+    options: list[PendingOption] | None = None
+    created_at: datetime
 
 
 Role = Literal["user", "assistant", "tool", "system"]
@@ -118,24 +136,6 @@ def parts_text(parts: list[Any]) -> str:
     return "\n".join(t for t in (part_text(p) for p in parts) if t)
 
 
-class PendingOption(BaseModel):
-    """One way to answer a pending permission request."""
-
-    id: str
-    label: str
-    kind: str
-
-
-class Pending(BaseModel):
-    """What the agent asked for while the session is ``needs_input``."""
-
-    id: str
-    kind: Literal["permission", "question"]
-    text: str
-    options: list[PendingOption] | None = None
-    created_at: datetime
-
-
 class Message(BaseModel):
     """One message of a session's transcript."""
 
@@ -201,8 +201,8 @@ class SessionRecord(BaseModel):
     message_count: int = 0
     model: str | None = None
     agent: str | None = None
-    head: str | None = Field(default=None, description="Backend position after the last message, if known.")
     pending: Pending | None = None
+    head: str | None = Field(default=None, description="Backend position after the last message, if known.")
 
 
 class MessagePage(BaseModel):

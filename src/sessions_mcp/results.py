@@ -16,8 +16,8 @@ class WriteResult(BaseModel):
     messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
-    pending: Pending | None = Field(default=None, description="What the agent asks for while status is needs_input.")
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
+    pending: Pending | None = None
 
 
 class CreateSessionResult(WriteResult):

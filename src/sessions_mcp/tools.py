@@ -110,11 +110,29 @@ def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
     return report
 
 
+def _pending_text(r: CreateSessionResult | SendMessageResult) -> str:
+    """How to answer what a ``needs_input`` session asks for."""
+    p = r.pending
+    if p is None:
+        return ""
+    if p.options:
+        choices = ", ".join(f"{o.id!r} ({o.label})" for o in p.options)
+        return f"\n\nthe agent asks: {p.text}\nanswer with send_message(session_id={r.session.id!r}, text=one of {choices})"
+    return f"\n\nthe agent asks: {p.text}\nanswer with send_message(session_id={r.session.id!r}, text=<your answer>)"
+
+
 def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
     """Add the eight tools to ``mcp``."""
     names = ", ".join(service.backends)
     backend_help = f"Backend for the new session: one of {names} (default {service.default_backend}). " + " ".join(
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
+    )
+
+    a2a_agents: list[str] = list(getattr(service.backends.get("a2a"), "links", {}))
+    a2a_help = (
+        f" With backend='a2a': the remote A2A agent, one of {', '.join(a2a_agents)} (default {a2a_agents[0]})."
+        if a2a_agents
+        else ""
     )
 
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
@@ -149,8 +167,9 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         agent: Annotated[
             str | None,
             Field(
-                description="Local sessions only: what answers user turns. 'none' (the mailbox: another client "
+                description="Local sessions: what answers user turns. 'none' (the mailbox: another client "
                 "answers), or 'command' / 'openai' when this server configures them. Default: the server's choice."
+                + a2a_help
             ),
         ] = None,
         wait: Annotated[
@@ -174,7 +193,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
         if r.messages:
             text += "\n\n" + messages_text(r.messages)
-        return _result(r, text)
+        return _result(r, text + _pending_text(r))
 
     @mcp.tool(
         name="send_message",
@@ -225,7 +244,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             out += "\n\n" + messages_text(replies)
         elif r.status.value == "running":
             out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
-        return _result(r, out)
+        return _result(r, out + _pending_text(r))
 
     @mcp.tool(
         name="list_messages",
