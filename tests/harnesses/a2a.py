@@ -19,14 +19,14 @@ class A2AHarness:
     auto_reply = True
 
     def __init__(self, agent: A2AAgent) -> None:
-        self.agent = agent
+        self.emulator = agent
 
     def settings(self, tmp_path: Path) -> Settings:
         return load_settings(
             None,
             backends=["a2a"],
             local={"db": str(tmp_path / "contract.db")},
-            a2a={"agents": f"helper={self.agent.url}", "timeout_s": 10},
+            a2a={"agents": f"helper={self.emulator.url}", "timeout_s": 10},
         )
 
     async def reply(self, client: Client, session_id: str, text: str) -> None:
@@ -34,7 +34,7 @@ class A2AHarness:
 
     @asynccontextmanager
     async def slow(self) -> AsyncIterator[Any]:
-        b = self.agent.behaviour
+        b = self.emulator.behaviour
         b.released.clear()
         b.hold.set()
         try:

@@ -357,11 +357,12 @@ async def _diagnose_agent(name: str, link: AgentLink) -> list[Check]:
     ]  # fmt: skip
     try:  # an authenticated call that cannot change anything: a task that does not exist
         with anyio.fail_after(link.timeout_s + 5):
-            await link.get_task(f"sessions-mcp-doctor-{uuid.uuid4()}")
-        checks.append(Check(f"{where}: auth", "ok", "the agent answered an authenticated GetTask"))
+            await link.get_task(f"sessions-mcp-doctor-{uuid.uuid4()}", doing="checking access with GetTask")
+        checks.append(Check(f"{where}: auth", "ok", "the agent answered GetTask"))
     except BackendError as exc:
         if "no longer knows" in str(exc):
-            checks.append(Check(f"{where}: auth", "ok", "credentials accepted (GetTask answered 'task not found')"))
+            what = "credentials accepted" if link.agent.token is not None else "no credentials needed"
+            checks.append(Check(f"{where}: auth", "ok", f"{what} (GetTask answered 'task not found')"))
         elif exc.status in (401, 403):
             checks.append(Check(f"{where}: auth", "fail", str(exc), f"fix the token of {name!r}"))
         else:

@@ -153,13 +153,13 @@ class AgentLink:
         except Exception as exc:
             raise self.translate(exc, f"following task {task_id}") from None
 
-    async def get_task(self, task_id: str) -> TaskView:
+    async def get_task(self, task_id: str, *, doing: str = "") -> TaskView:
         """GetTask."""
         client = await self._sdk()
         try:
             return task_view(await client.get_task(GetTaskRequest(id=task_id)))
         except Exception as exc:
-            raise self.translate(exc, f"reading task {task_id}") from None
+            raise self.translate(exc, doing or f"reading task {task_id}") from None
 
     async def cancel(self, task_id: str) -> bool:
         """CancelTask; False when the task had already ended (not cancelable)."""
