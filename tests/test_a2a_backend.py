@@ -243,3 +243,22 @@ async def test_doctor_checks_each_agent(tmp_path: Path) -> None:
     assert by["a2a: agent locked"].level == "ok" and "needs auth" in by["a2a: agent locked"].detail
     assert by["a2a: agent locked: auth"].level == "fail" and "401" in by["a2a: agent locked: auth"].detail
     assert by["a2a: agent gone"].level == "fail" and "cannot reach" in by["a2a: agent gone"].detail
+
+
+async def test_two_sends_at_once_start_one_turn(tmp_path: Path) -> None:
+    with serving() as agent:
+        async with connected(settings_for(tmp_path, f"helper={agent.url}")) as c:
+            sid = (await call(c, "create_session", title="race"))["session"]["id"]
+            results: list[Any] = []
+
+            async def send(text: str) -> None:
+                results.append(await c.call_tool("send_message", {"session_id": sid, "text": text, "wait": False}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, "slow one")
+                tg.start_soon(send, "slow two")
+            assert sorted(r.is_error for r in results) == [False, True]
+            assert "still working" in next(r for r in results if r.is_error).content[0].text
+            agent.behaviour.released.set()
+            page = await call(c, "list_messages", session_id=sid, roles=["assistant"], wait_s=10)
+            assert len(page["messages"]) == 1 and len(agent.behaviour.prompts) == 1

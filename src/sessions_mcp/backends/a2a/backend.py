@@ -74,6 +74,7 @@ class A2ABackend(SessionBackend):
             a.name: AgentLink(a, timeout_s=settings.timeout_s, card_ttl_s=settings.card_ttl_s) for a in agents or []
         }
         self.default_agent = next(iter(self.links), None)
+        self._send_locks: dict[str, anyio.Lock] = {}
         self.turns = Turns(
             store, task_timeout_s=settings.task_timeout_s, poll_max_s=settings.poll_max_s, handle=self._handle
         )
@@ -234,6 +235,15 @@ class A2ABackend(SessionBackend):
     ) -> StoredMessage:
         if role != "user":
             raise Unsupported(NAME, "take role='assistant' messages", "the remote agent writes the replies")
+        lock = self._send_locks.setdefault(native_id, anyio.Lock())
+        try:
+            async with lock:  # two sends at once: the second sees the first one's turn running
+                return await self._send(principal, native_id, text, dedupe_key)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._send_locks.pop(native_id, None)
+
+    async def _send(self, principal: str, native_id: str, text: str, dedupe_key: str | None) -> StoredMessage:
         row = await self._row(principal, native_id)
         if row.agent not in self.links:
             raise InvalidArgument(
