@@ -24,6 +24,7 @@ examples:
   sessions-mcp --transport http --port 8765     streamable HTTP at /mcp and SSE at /sse
   sessions-mcp doctor                           check configuration and reachability
   sessions-mcp ls | show ID | tail ID           look at sessions from a terminal
+  sessions-mcp setup claude-code                add this server to an MCP host (or --print)
 """
 
 
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
                       help="how many earlier messages to print first (default 10; 0 for none)")  # fmt: skip
     tail.add_argument("--principal", default=None, help=principal_help)
+    from .hosts import add_setup_parser
+
+    add_setup_parser(sub, _HelpFormatter)
     db = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
@@ -159,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import SessionsError
 
     try:
+        if args.command == "setup":  # needs no settings: a broken config file must not block it
+            from .hosts import run_setup_command
+
+            return run_setup_command(args)
         overrides = _overrides(args)
         overrides["_config"] = args.config
         settings = _merge_env(overrides)
@@ -201,10 +209,11 @@ def _serve(settings: Any, transport: str) -> int:
 
     if transport == "stdio":
         from .server import build_server
+        from .stdio import serve_stdio
 
         mcp = build_server(settings)
         try:
-            anyio.run(mcp.run_stdio_async)
+            anyio.run(serve_stdio, mcp)
         except BaseException as exc:  # the client closed our stdout: leave quietly, nothing to report
             if not _only_broken_pipes(exc):
                 raise

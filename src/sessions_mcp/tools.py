@@ -4,7 +4,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, ParamSpec
+from typing import Annotated, Literal, ParamSpec
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from . import arguments
 from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
@@ -35,7 +36,9 @@ P = ParamSpec("P")
 SessionId = Annotated[
     str, Field(description="Session id as returned by create_session/list_sessions, e.g. 'local:9f1c…'.")
 ]
-Timeout = Annotated[float, Field(ge=0, le=600, description="Seconds to wait for a reply before returning.")]
+Timeout = Annotated[
+    float, Field(ge=0, le=600, allow_inf_nan=False, description="Seconds to wait for a reply before returning.")
+]
 MaxChars = Annotated[
     int,
     Field(
@@ -44,6 +47,11 @@ MaxChars = Annotated[
         description="Upper bound on the total message text returned; the rest is reachable by cursor.",
     ),
 ]
+MAX_CALL_WAIT_S = 170.0
+"""No call waits longer than this, whatever timeout_s or wait_s asks: droid ends every tool call
+after 180 s and sends no progress token that could extend it, Copilot CLI does the same without
+progress (docs/clients.md). Returning earlier loses nothing: the result says running / nothing new
+and carries the cursor to call again."""
 IdemKey = Annotated[
     str | None,
     Field(description="Optional key: repeating a call with the same key returns the first result, creating nothing."),
@@ -186,6 +194,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         list_messages(after=cursor, wait_s=…). 'awaiting_reply' means no agent is attached and
         another client must answer with send_message(role='assistant').
         """
+        timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
@@ -207,7 +216,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         session_id: SessionId,
         text: Annotated[str, Field(description="The message text.")],
         role: Annotated[
-            Role,
+            Literal["user", "assistant"],
             Field(description="'user' asks the agent; 'assistant' answers a local mailbox session (agent-to-agent)."),
         ] = "user",
         wait: Annotated[
@@ -233,6 +242,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         """
         if role not in ("user", "assistant"):
             raise ToolError("role must be 'user' or 'assistant'")
+        timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
             idempotency_key=idempotency_key,
@@ -263,7 +273,12 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         roles: Annotated[list[Role] | None, Field(description="Only these roles.")] = None,
         wait_s: Annotated[
             float,
-            Field(ge=0, le=300, description="When nothing is new, wait up to this many seconds for a message."),
+            Field(
+                ge=0,
+                le=300,
+                allow_inf_nan=False,
+                description="When nothing is new, wait up to this many seconds for a message.",
+            ),
         ] = 0,
         max_chars: MaxChars = DEFAULT_MAX_CHARS,
     ) -> Annotated[CallToolResult, ListMessagesResult]:
@@ -272,6 +287,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         Feed next_cursor back as `after` to read only what is new. Long messages are cut at
         max_chars and continue on the next page.
         """
+        wait_s = min(wait_s, MAX_CALL_WAIT_S)
         r = await service.list_messages(
             current_principal(), session_id=session_id, after=after, limit=limit, roles=roles, wait_s=wait_s,
             max_chars=max_chars, progress=_progress(ctx),
@@ -363,9 +379,9 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     # after the store (bench budget 2). The SDK documents this state ("a schema published without a
     # model is advertised but not validated"); the SDK client in the contract suite still validates
     # every result against the schema.
-    for tool in manager.list_tools():
-        if tool.name in before:
-            continue
+    ours = [tool for tool in manager.list_tools() if tool.name not in before]
+    for tool in ours:
         if tool.fn_metadata.output_schema is None:
             raise RuntimeError(f"tool {tool.name!r} has no published output schema")
         tool.fn_metadata.output_model = None
+    arguments.install(ours)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio.abc import TaskGroup
 
-from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...errors import InvalidArgument, UnknownSession, Unsupported, quote
 from ...ids import count_position
 from ...models import Capabilities, MessagePage, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
@@ -168,7 +168,7 @@ class LocalBackend(SessionBackend):
             choices = ["none", *configured_agents(self.settings)]
             if agent not in choices:
                 raise InvalidArgument(
-                    f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
+                    f"agent {quote(agent)} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
                     f"{self.settings.agent}); use one of: {', '.join(choices)}, or leave agent empty"
                 )
         first = None
