@@ -4,6 +4,7 @@ setting (or recovers), and the server keeps serving."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import anyio
@@ -107,3 +108,15 @@ async def test_a_task_that_never_ends(tmp_path: Path) -> None:
             assert "SESSIONS_MCP_A2A__TASK_TIMEOUT_S" in r["session"]["error"]
             assert agent.behaviour.cancelled == [ids(r["messages"][0])["task_id"]]
             await still_serving(c)
+
+
+async def test_an_agent_that_never_answers(tmp_path: Path) -> None:
+    with serving() as agent:
+        agent.faults.hang = threading.Event()
+        agent.faults.hang.set()
+        async with connected(settings_for(tmp_path, f"helper={agent.url}", timeout_s=1)) as c:
+            msg = await error(c, "create_session", prompt="hello?")
+            assert "did not answer within SESSIONS_MCP_A2A__TIMEOUT_S (1s)" in msg
+            assert (await call(c, "list_sessions"))["sessions"] == []  # nothing half-created
+            agent.faults.hang.clear()
+            assert (await call(c, "create_session", prompt="now", timeout_s=10))["status"] == "idle"

@@ -117,6 +117,8 @@ class Faults:
     token: str | None = None
     """Bearer token the RPC routes require (the card stays public)."""
     only_v03: bool = False
+    hang: threading.Event | None = None
+    """While set, RPC requests get no answer (until the test clears it or the server stops)."""
     seen_auth: list[str] = field(default_factory=list[str])
     seen_versions: list[str] = field(default_factory=list[str])
 
@@ -150,6 +152,9 @@ class _Guard:
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32009, "message": "version 1.0 not supported"}}
             await JSONResponse(body, status_code=200)(scope, receive, send)
             return
+        if f.hang is not None:
+            while f.hang.is_set():
+                await asyncio.sleep(0.02)
         if f.rpc_count > 0:
             f.rpc_count -= 1
             await JSONResponse({"error": "injected"}, status_code=f.rpc_status)(scope, receive, send)
@@ -270,6 +275,8 @@ class A2AAgent:
 
     def stop(self) -> None:
         self.behaviour.released.set()
+        if self.faults.hang is not None:
+            self.faults.hang.clear()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

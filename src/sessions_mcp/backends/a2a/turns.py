@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ...errors import AuthError, BackendError, ProtocolError, SessionsError
+from ...errors import AuthError, BackendError, ProtocolError, SessionsError, Unavailable
 from ...models import Status, StoredMessage, TextPart
 from ...store.base import MessageRow, Store, from_ms
 from .mapping import PAUSED, TERMINAL, Event, TaskView, text_of
@@ -175,7 +175,10 @@ class Turns:
             await handoff.event.wait()
         if not handoff.event.is_set():
             turn.scope.cancel()
-            raise link.translate(TimeoutError(), "sending the message")
+            raise Unavailable(
+                f"A2A agent {link.agent.name!r} ({link.agent.url}) did not accept the message within "
+                f"SESSIONS_MCP_A2A__TIMEOUT_S + 5 ({link.timeout_s + 5:g}s); nothing was stored"
+            )
         if handoff.error is not None:
             raise handoff.error
         assert handoff.message is not None
