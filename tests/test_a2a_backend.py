@@ -3,6 +3,7 @@ streaming, polling-only, input-required, cancel, bearer auth, A2A 0.3, HTTP+JSON
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from mcp import Client
 
 from sessions_mcp.doctor import collect
-from sessions_mcp.server import build_server
+from sessions_mcp.server import Runtime, build_server, instructions
 from sessions_mcp.settings import Settings, load_settings
 
 from .conftest import client_for
@@ -227,6 +228,12 @@ async def test_rename_and_delete_act_on_the_local_record(tmp_path: Path) -> None
         async with connected(settings_for(tmp_path, f"helper={agent.url}")) as c:
             index = (await c.read_resource("sessions://index")).contents[0]
             assert "this server's record" in index.text  # type: ignore[union-attr]
+            [info] = [b for b in json.loads(index.text)["backends"] if b["name"] == "a2a"]  # type: ignore[union-attr]
+            assert info["agents"] == ["helper"]
+            said = instructions(Runtime(settings_for(tmp_path / "i", f"helper={agent.url}")).service)
+            assert (
+                "The a2a backend's agents (create_session(backend='a2a', agent=...)): helper; default helper." in said
+            )
             sid = (await call(c, "create_session", prompt="x", title="t", timeout_s=10))["session"]["id"]
             assert (await call(c, "rename_session", session_id=sid, title="new"))["title"] == "new"
             await call(c, "delete_session", session_id=sid)

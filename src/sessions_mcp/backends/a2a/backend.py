@@ -95,6 +95,7 @@ class A2ABackend(SessionBackend):
     def info(self, *, default: bool) -> BackendInfo:
         info = super().info(default=default)
         info.cannot.append("rename or delete the remote A2A context (rename and delete act on this server's record)")
+        info.agents = list(self.links)
         return info
 
     # --- helpers -------------------------------------------------------------------------
