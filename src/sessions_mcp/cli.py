@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                         epilog="examples:\n  sessions-mcp ls\n  sessions-mcp ls --status awaiting_reply   "
                         "# the mailbox inbox\n  sessions-mcp ls --backends local,factory --backend factory")  # fmt: skip
     ls.add_argument("--backend", help="only this backend (must be enabled: --backends / SESSIONS_MCP_BACKENDS)")
-    ls.add_argument("--status", help="only these statuses, comma list: idle, running, awaiting_reply, failed")
+    ls.add_argument(
+        "--status", help="only these statuses, comma list: idle, running, awaiting_reply, failed, needs_input"
+    )
     ls.add_argument("--query", help="only sessions whose title contains this text")
     ls.add_argument("--limit", type=int, default=20, help="how many sessions (1-200, default 20)")
     ls.add_argument("--principal", default=None, help=principal_help)

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Status(StrEnum):
@@ -76,6 +76,8 @@ class ToolCallPart(_Part):
     id: str = ""
     name: str
     input: Any = None
+    title: str | None = None
+    status: str | None = Field(default=None, description="pending, in_progress, completed or failed, when known.")
 
 
 class ToolResultPart(_Part):
@@ -86,6 +88,30 @@ class ToolResultPart(_Part):
     output: str = ""
     is_error: bool = False
     duration_ms: int | None = None
+    status: str | None = Field(default=None, description="completed or failed, when known.")
+    text: str = Field(default="", description="The result as text (the same as output).")
+
+    @model_validator(mode="after")
+    def _same_text(self) -> ToolResultPart:
+        if self.text and not self.output:
+            self.output = self.text
+        elif self.output and not self.text:
+            self.text = self.output
+        return self
+
+
+class PlanEntry(BaseModel):
+    """One step of an agent's plan."""
+
+    text: str
+    status: str = Field(default="pending", description="pending, in_progress or completed.")
+
+
+class PlanPart(_Part):
+    """The agent's plan as it stood at this point of the turn."""
+
+    type: Literal["plan"] = "plan"
+    entries: list[PlanEntry] = Field(default_factory=list[PlanEntry])
 
 
 class AttachmentPart(_Part):
@@ -107,24 +133,26 @@ class RawPart(_Part):
 
 
 Part = Annotated[
-    TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart,
+    TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart | PlanPart,
     Field(discriminator="type"),
 ]
 
 
 def part_text(
-    part: TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart,
+    part: TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart | PlanPart,
 ) -> str:
     """The readable text of one part (empty for parts that have none)."""
     match part:
         case TextPart(text=t):
             return t
-        case ToolCallPart(name=n):
-            return f"[tool call: {n}]"
+        case ToolCallPart(name=n, title=t, status=st):
+            return f"[tool call: {t or n}{f' ({st})' if st else ''}]"
         case ToolResultPart(output=o, is_error=e):
             return f"[tool error] {o}" if e else o
         case AttachmentPart(name=n, media_type=m):
             return f"[attachment: {n or m}]"
+        case PlanPart(entries=es):
+            return "[plan]\n" + "\n".join(f"- [{e.status}] {e.text}" for e in es)
         case _:
             return ""
 

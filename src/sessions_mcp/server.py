@@ -90,7 +90,7 @@ def instructions(service: SessionService) -> str:
         "list_messages(after=cursor, wait_s=...), reply with send_message. Waiting never stops an agent;",
         "only interrupt_session does. Status: idle, running, awaiting_reply (no agent attached: another",
         "client answers with send_message(role='assistant'); list_sessions(status='awaiting_reply') is the",
-        "inbox), failed (see error).",
+        "inbox), failed (see error), needs_input (the agent asks; see pending).",
         f"Backends: {', '.join(service.backends)}; default for new sessions: {service.default_backend}.",
     ]
     for info in service.infos():
@@ -101,6 +101,15 @@ def instructions(service: SessionService) -> str:
                 f"The {info.name} backend's agents (create_session(backend={info.name!r}, agent=...)): "
                 f"{', '.join(info.agents)}; default {info.agents[0]}."
             )
+    agents = service.agents()
+    if agents:
+        ready = [a["name"] for a in agents if a["available"] and a["name"] != "none"]
+        default = next((a["name"] for a in agents if a["default"]), "none")
+        lines.append(
+            f"Local agents (create_session(agent=...)): {', '.join(ready) or 'none installed'}; default: {default}. "
+            "Status needs_input: the agent asks for a permission or an answer (see `pending`); answer with "
+            "send_message."
+        )
     return "\n".join(lines)
 
 

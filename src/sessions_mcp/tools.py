@@ -9,16 +9,16 @@ from typing import Annotated, Literal, ParamSpec
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ClientCapabilities, ElicitationCapability, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import arguments
 from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
-from .models import Role, Session, Status
+from .models import Pending, Role, Session, Status
 from .principal import current_principal
-from .render import messages_text, session_line
+from .render import messages_text, pending_text, session_line
 from .service import (
     DEFAULT_MAX_CHARS,
     CreateSessionResult,
@@ -118,15 +118,52 @@ def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
     return report
 
 
-def _pending_text(r: CreateSessionResult | SendMessageResult) -> str:
-    """How to answer what a ``needs_input`` session asks for."""
-    p = r.pending
-    if p is None:
-        return ""
-    if p.options:
-        choices = ", ".join(f"{o.id!r} ({o.label})" for o in p.options)
-        return f"\n\nthe agent asks: {p.text}\nanswer with send_message(session_id={r.session.id!r}, text=one of {choices})"
-    return f"\n\nthe agent asks: {p.text}\nanswer with send_message(session_id={r.session.id!r}, text=<your answer>)"
+def _asker(ctx: Context) -> Callable[[Pending], Awaitable[str | None]] | None:
+    """Asks the person at this client (form elicitation) what a local agent wants; None without support."""
+    try:
+        session = ctx.request_context.session
+        if not session.check_client_capability(ClientCapabilities(elicitation=ElicitationCapability())):
+            return None
+    except Exception:
+        return None
+
+    async def ask(p: Pending) -> str | None:
+        if p.options:
+            prop: dict[str, object] = {
+                "type": "string", "title": "Your answer",
+                "oneOf": [{"const": o.id, "title": o.label} for o in p.options],
+            }  # fmt: skip
+        else:
+            prop = {"type": "string", "title": "Your answer"}
+        result = await session.elicit_form(
+            message=p.text,
+            requested_schema={"type": "object", "properties": {"answer": prop}, "required": ["answer"]},
+            related_request_id=ctx.request_id,
+        )
+        if result.action != "accept" or not result.content:
+            return None
+        answer = result.content.get("answer")
+        return answer if isinstance(answer, str) and answer.strip() else None
+
+    return ask
+
+
+def _agent_help(service: SessionService) -> str:
+    """The ``agent`` parameter's description: the available agents and the default."""
+    agents = service.agents()
+    ready = [a["name"] for a in agents if a["available"]]
+    default = next((a["name"] for a in agents if a["default"]), "none")
+    missing = [a["name"] for a in agents if not a["available"]]
+    text = (
+        "Local sessions: what answers user turns, for the session's whole life. 'none' is the mailbox "
+        f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
+    )
+    if missing:
+        text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
+    for info in service.infos():
+        if info.agents:  # a backend with agents of its own (a2a): the remote agent to talk to
+            text += f" With backend={info.name!r}: one of {', '.join(info.agents)} (default {info.agents[0]})."
+    return text
 
 
 def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
@@ -136,12 +173,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
     )
 
-    a2a_agents: list[str] = list(getattr(service.backends.get("a2a"), "links", {}))
-    a2a_help = (
-        f" With backend='a2a': the remote A2A agent, one of {', '.join(a2a_agents)} (default {a2a_agents[0]})."
-        if a2a_agents
-        else ""
-    )
+    agent_help = _agent_help(service)
 
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
     before = {t.name for t in manager.list_tools()}
@@ -172,12 +204,12 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             str | None, Field(description="Model for the agent, where the backend lets you choose.")
         ] = None,
         system: Annotated[str | None, Field(description="System prompt, where the backend takes one.")] = None,
-        agent: Annotated[
+        agent: Annotated[str | None, Field(description=agent_help)] = None,
+        workdir: Annotated[
             str | None,
             Field(
-                description="Local sessions: what answers user turns. 'none' (the mailbox: another client "
-                "answers), or 'command' / 'openai' when this server configures them. Default: the server's choice."
-                + a2a_help
+                description="Local sessions with an agent: the folder the agent works in. It must lie inside "
+                "SESSIONS_MCP_LOCAL__AGENT_ROOTS. Default: the agent's CWD setting, else the server's folder."
             ),
         ] = None,
         wait: Annotated[
@@ -192,17 +224,21 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         Returns the session, the message(s) written and any reply, the session status and a cursor
         for list_messages. On timeout the agent keeps working (status 'running'): follow it with
         list_messages(after=cursor, wait_s=…). 'awaiting_reply' means no agent is attached and
-        another client must answer with send_message(role='assistant').
+        another client must answer with send_message(role='assistant'). 'needs_input' means the
+        agent asks for a permission or an answer (`pending`): answer with send_message.
         """
         timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
+            workdir=workdir, ask=_asker(ctx),
         )  # fmt: skip
         text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
         if r.messages:
             text += "\n\n" + messages_text(r.messages)
-        return _result(r, text + _pending_text(r))
+        if r.pending is not None:
+            text += "\n\n" + pending_text(r.session.id, r.pending)
+        return _result(r, text)
 
     @mcp.tool(
         name="send_message",
@@ -246,7 +282,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
             idempotency_key=idempotency_key,
-            in_reply_to=in_reply_to, progress=_progress(ctx),
+            in_reply_to=in_reply_to, progress=_progress(ctx), ask=_asker(ctx),
         )  # fmt: skip
         out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
         replies = r.messages[1:]
@@ -254,7 +290,9 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             out += "\n\n" + messages_text(replies)
         elif r.status.value == "running":
             out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
-        return _result(r, out + _pending_text(r))
+        if r.pending is not None:
+            out += "\n\n" + pending_text(r.session.id, r.pending)
+        return _result(r, out)
 
     @mcp.tool(
         name="list_messages",
@@ -303,7 +341,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     )
     @_guard("get_session")
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
-        """Get one session: title, status (idle, running, awaiting_reply, failed), error, counts and URIs."""
+        """Get one session: title, status (idle, running, awaiting_reply, failed, needs_input), error, counts and URIs."""
         s = await service.get_session(current_principal(), session_id)
         return _result(s, session_line(s))
 
@@ -317,7 +355,10 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         backend: Annotated[str | None, Field(description=f"Only this backend ({names}); default all.")] = None,
         status: Annotated[
             Status | list[Status] | None,
-            Field(description="Only sessions in this status (or these). 'awaiting_reply' is the mailbox inbox."),
+            Field(
+                description="Only sessions in this status (or these). 'awaiting_reply' is the mailbox inbox; "
+                "'needs_input' lists agents waiting for your permission or answer."
+            ),
         ] = None,
         query: Annotated[str | None, Field(description="Text to find in titles (or an exact id).")] = None,
         cursor: Annotated[str | None, Field(description="next_cursor from a previous call.")] = None,
