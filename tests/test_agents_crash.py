@@ -16,6 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from sessions_mcp.backends.local.backend import LocalBackend
+from sessions_mcp.backends.requests import MessageQuery
 from sessions_mcp.models import Status
 from sessions_mcp.server import Runtime
 from sessions_mcp.settings import Settings
@@ -138,7 +139,7 @@ async def test_two_processes_on_one_database_never_run_the_same_turn_twice(
         with anyio.fail_after(20):
             while (await lb.get_session("local", native)).status is Status.RUNNING:
                 await anyio.sleep(0.02)
-        page = await lb.list_messages("local", native, after=None, limit=10)
+        page = await lb.list_messages(MessageQuery("local", native, after=None, limit=10))
     assert [m.text for m in page.items] == ["slow", "echo: slow\n"]
     assert (tmp_path / "runs").read_text() == "slow\n"
 
@@ -284,5 +285,5 @@ async def test_a_stored_message_whose_turn_never_started_is_adopted_by_a_runner(
         with anyio.fail_after(20):
             while (await backend.get_session("local", row.id)).status is Status.RUNNING:
                 await anyio.sleep(0.02)
-        page = await backend.list_messages("local", row.id, after=None, limit=10)
+        page = await backend.list_messages(MessageQuery("local", row.id, after=None, limit=10))
     assert [m.text for m in page.items] == ["adopt me", "echo: adopt me\n"]

@@ -148,10 +148,10 @@ async def test_acp_updates_become_parts_in_order(tmp_path: Path, make_settings: 
     the tool call first seen in a permission request, then its update; Claude's plan and thoughts)."""
     from acp.schema import SessionNotification, ToolCallUpdate
 
-    from sessions_mcp.backends.base import CreateRequest
     from sessions_mcp.backends.local.agents.acp.updates import Translator
     from sessions_mcp.backends.local.agents.turnio import TurnIO
     from sessions_mcp.backends.local.backend import LocalBackend
+    from sessions_mcp.backends.requests import CreateRequest
     from sessions_mcp.store.sqlite import SqliteStore
 
     settings = make_settings()

@@ -13,8 +13,8 @@ import pytest
 from anyio.abc import TaskGroup
 from mcp import Client
 
-from sessions_mcp.backends.base import CreateRequest
 from sessions_mcp.backends.fabro import FabroBackend, FabroClient, create_backend
+from sessions_mcp.backends.requests import CreateRequest, MessageQuery, SendRequest
 from sessions_mcp.server import build_server
 from sessions_mcp.settings import FabroSettings, load_settings
 from sessions_mcp.store.sqlite import SqliteStore
@@ -112,14 +112,14 @@ async def test_the_send_stream_is_opened_before_the_post(
     async with direct(emu, tmp_path, keypair[0], linger_s=0.01) as be:
         created = await be.create_session(CreateRequest(principal="p", prompt="a"))
         fid = created.session.native_id
-        page = await be.list_messages("p", fid, after=None, limit=10)
+        page = await be.list_messages(MessageQuery("p", fid, after=None, limit=10))
         with anyio.fail_after(10):
             while len(page.items) < 2:  # the create's reply; its stream lingers only 10 ms
-                page = await be.list_messages("p", fid, after=None, limit=10)
+                page = await be.list_messages(MessageQuery("p", fid, after=None, limit=10))
         while emu.subscriber_count():
             await anyio.sleep(0.01)
         mark = len(emu.requests)
-        msg = await be.send_message("p", fid, "b", "user")
+        msg = await be.send_message(SendRequest("p", fid, "b", "user"))
         assert msg.id == f"{fid}:2" and msg.text == "b" and msg.position == "3"
         order = [(m, p) for m, p, _ in emu.requests[mark:]]
         events = order.index(("GET", f"/api/v1/sessions/{fid}/events"))

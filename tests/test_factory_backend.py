@@ -14,8 +14,8 @@ import httpx2
 import pytest
 
 from sessions_mcp._http import Redactor, RetryPolicy, parse_retry_after
-from sessions_mcp.backends.base import CreateRequest, SessionQuery
 from sessions_mcp.backends.factory import FactoryBackend, create_backend
+from sessions_mcp.backends.requests import CreateRequest, MessageQuery, SendRequest, SessionQuery
 from sessions_mcp.errors import (
     AuthError,
     BadCursor,
@@ -88,11 +88,11 @@ async def test_create_with_prompt_then_reply_and_idle(backend: FactoryBackend, e
     assert ("POST", "/api/v0/sessions") in emu.requests and ("PATCH", f"/api/v0/sessions/{sid}") in emu.requests
 
     async def answered() -> bool:
-        page = await backend.list_messages(P, sid, after=created.written[0].position, limit=50)
+        page = await backend.list_messages(MessageQuery(P, sid, after=created.written[0].position, limit=50))
         return page.status is Status.IDLE and any(m.text == "echo: hello" for m in page.items)
 
     await until(answered)
-    page = await backend.list_messages(P, sid, after=None, limit=50)
+    page = await backend.list_messages(MessageQuery(P, sid, after=None, limit=50))
     assert [m.role for m in page.items] == ["user", "assistant"]
     assert page.items[0].created_at.tzinfo is not None
     assert abs(page.items[0].created_at.timestamp() - time.time()) < 60
@@ -116,7 +116,7 @@ async def test_content_blocks_map_to_parts_without_loss(backend: FactoryBackend,
     emu.add_message(
         sid, "tool", [{"type": "tool_result", "toolUseId": "tu_1", "content": "file body", "isError": True}]
     )
-    page = await backend.list_messages(P, sid, after=None, limit=10)
+    page = await backend.list_messages(MessageQuery(P, sid, after=None, limit=10))
     parts = page.items[0].parts
     assert isinstance(parts[0], ThinkingPart) and parts[0].text == "let me see"
     assert isinstance(parts[1], ThinkingPart) and parts[1].redacted
@@ -139,7 +139,7 @@ async def test_positions_walk_cursor_pages(backend: FactoryBackend, emu: Factory
     seen: list[str] = []
     after = None
     while True:
-        page = await backend.list_messages(P, sid, after=after, limit=60)
+        page = await backend.list_messages(MessageQuery(P, sid, after=after, limit=60))
         seen += [m.text for m in page.items]
         if not page.items:
             break
@@ -147,13 +147,13 @@ async def test_positions_walk_cursor_pages(backend: FactoryBackend, emu: Factory
     assert seen == [f"m{i}" for i in range(250)]
     # a fresh backend (another process, after a restart) resumes from a stored position
     fresh = make(emu)
-    page = await fresh.list_messages(P, sid, after=after, limit=5)
+    page = await fresh.list_messages(MessageQuery(P, sid, after=after, limit=5))
     assert page.items == []
-    mid = (await fresh.list_messages(P, sid, after=None, limit=150)).items[-1].position
-    page = await fresh.list_messages(P, sid, after=mid, limit=3, roles=["assistant"])
+    mid = (await fresh.list_messages(MessageQuery(P, sid, after=None, limit=150))).items[-1].position
+    page = await fresh.list_messages(MessageQuery(P, sid, after=mid, limit=3, roles=["assistant"]))
     assert [m.text for m in page.items] == ["m151", "m153", "m155"] and page.has_more
     with pytest.raises(BadCursor):
-        await fresh.list_messages(P, sid, after="7.msg_gone", limit=3)
+        await fresh.list_messages(MessageQuery(P, sid, after="7.msg_gone", limit=3))
     await fresh.aclose()
 
 
@@ -209,8 +209,8 @@ async def test_rename_interrupt_delete(backend: FactoryBackend, emu: FactoryEmul
     await backend.delete_session(P, sid)
     for call in (
         backend.get_session(P, sid),
-        backend.list_messages(P, sid, after=None, limit=5),
-        backend.send_message(P, sid, "x", "user"),
+        backend.list_messages(MessageQuery(P, sid, after=None, limit=5)),
+        backend.send_message(SendRequest(P, sid, "x", "user")),
         backend.delete_session(P, sid),
     ):
         with pytest.raises(UnknownSession, match=f"factory:{sid}"):
@@ -267,12 +267,12 @@ async def test_retries_only_where_safe(emu: FactoryEmulator) -> None:
     emu.inject(503, method="POST", path_contains="/messages")
     before = len(emu.requests)
     with pytest.raises(Unavailable, match="503"):
-        await be.send_message(P, sid, "once", "user")
+        await be.send_message(SendRequest(P, sid, "once", "user"))
     assert len(emu.requests) - before == 1
     # POST message handled, then the answer is lost: still not replayed, no duplicate
     emu.inject(502, method="POST", path_contains="/messages", after_handling=True, html=True)
     with pytest.raises(Unavailable, match="502"):
-        await be.send_message(P, sid, "twice?", "user")
+        await be.send_message(SendRequest(P, sid, "twice?", "user"))
     assert emu.user_texts(sid) == ["twice?"]
     # interrupt is documented idempotent: retried
     emu.inject(500, method="POST", path_contains="/interrupt")
@@ -293,7 +293,7 @@ async def test_connect_errors_are_retried_even_for_post(emu: FactoryEmulator) ->
 
     be = make(emu, transport=Flaky())
     sid = (await be.create_session(CreateRequest(principal=P))).session.native_id
-    await be.send_message(P, sid, "exactly once", "user")
+    await be.send_message(SendRequest(P, sid, "exactly once", "user"))
     assert emu.user_texts(sid) == ["exactly once"] and failures["left"] == 0
     await be.aclose()
 

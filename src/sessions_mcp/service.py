@@ -17,7 +17,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import limits
-from .backends.base import CreateRequest, SessionBackend, SessionQuery
+from .backends.base import SessionBackend
+from .backends.requests import CreateRequest, MessageQuery, SendRequest, SessionQuery
 from .errors import InvalidArgument, Unsupported, quote
 from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
@@ -247,7 +248,7 @@ class SessionService:
 
         async def write(dedupe: str | None) -> SendMessageResult:
             msg = await be.send_message(
-                principal, h.native_id, text, role, dedupe_key=dedupe, in_reply_to=reply_position
+                SendRequest(principal, h.native_id, text, role, dedupe_key=dedupe, in_reply_to=reply_position)
             )
             await self._touched(be, h.native_id)
             rec = await be.get_session(principal, h.native_id)
@@ -339,7 +340,9 @@ class SessionService:
                 await progress("".join(streamed)[-2000:])
 
         async with be.watch(principal, native, progress=on_delta) as watch:
-            read = await bounded(deadline, lambda: be.list_messages(principal, native, after=position, limit=200))
+            read = await bounded(
+                deadline, lambda: be.list_messages(MessageQuery(principal, native, after=position, limit=200))
+            )
             if read is None:
                 return [], Status.RUNNING  # the turn was started; nothing could be read in time
             page = read
@@ -356,7 +359,7 @@ class SessionService:
                 if await watch.next(min(remaining, beat) if progress is not None else remaining):
                     before = (len(page.items), page.status)
                     read = await bounded(
-                        deadline, lambda: be.list_messages(principal, native, after=position, limit=200)
+                        deadline, lambda: be.list_messages(MessageQuery(principal, native, after=position, limit=200))
                     )
                     if read is None:
                         return page.items, page.status
@@ -391,7 +394,7 @@ class SessionService:
             raise InvalidArgument(f"wait_s must be between 0 and 300 seconds (got {wait_s:g})")
         position, offset = decode_cursor(sid, after) if after else (None, 0)
         deadline = time.monotonic() + wait_s
-        page = await be.list_messages(principal, h.native_id, after=position, limit=limit, roles=roles)
+        page = await be.list_messages(MessageQuery(principal, h.native_id, after=position, limit=limit, roles=roles))
         if not page.items and wait_s > 0:
             last_beat = time.monotonic()
             async with be.watch(principal, h.native_id) as watch:
@@ -409,7 +412,9 @@ class SessionService:
                         continue
                     read = await bounded(
                         deadline,
-                        lambda: be.list_messages(principal, h.native_id, after=position, limit=limit, roles=roles),
+                        lambda: be.list_messages(
+                            MessageQuery(principal, h.native_id, after=position, limit=limit, roles=roles)
+                        ),
                     )
                     if read is None:
                         break  # the wait is over; what was read before stands

@@ -12,9 +12,8 @@ the server's configured credentials and may ignore it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import anyio
@@ -25,50 +24,14 @@ from ..models import (
     BackendInfo,
     Capabilities,
     MessagePage,
-    Role,
     SessionPage,
     SessionRecord,
-    Status,
     StoredMessage,
 )
+from .requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
 
 ProgressFn = Callable[[str], Awaitable[None]]
 """Called with human-readable text while a wait is in progress (streamed reply text or status)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CreateRequest:
-    """What ``create_session`` asks of a backend."""
-
-    principal: str
-    prompt: str | None = None
-    title: str | None = None
-    model: str | None = None
-    system: str | None = None
-    agent: str | None = None
-    workdir: str | None = None
-    """The folder the session's agent works in (local named agents)."""
-    dedupe_key: str | None = None
-    """Stable key of the caller's idempotency key; backends that can, dedupe on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class CreateResult:
-    """The new session and the message(s) the create wrote."""
-
-    session: SessionRecord
-    written: list[StoredMessage] = field(default_factory=list[StoredMessage])
-
-
-@dataclass(frozen=True, slots=True)
-class SessionQuery:
-    """Filters for ``list_sessions``."""
-
-    principal: str
-    statuses: frozenset[Status] | None = None
-    query: str | None = None
-    cursor: str | None = None
-    limit: int = 20
 
 
 class SessionBackend(ABC):
@@ -113,19 +76,10 @@ class SessionBackend(ABC):
         """Create a session; when ``req.prompt`` is set, also send it as the first user message."""
 
     @abstractmethod
-    async def send_message(
-        self,
-        principal: str,
-        native_id: str,
-        text: str,
-        role: Role,
-        *,
-        dedupe_key: str | None = None,
-        in_reply_to: str | None = None,
-    ) -> StoredMessage:
+    async def send_message(self, req: SendRequest) -> StoredMessage:
         """Append a message; a user message starts a turn where an agent is attached.
 
-        ``in_reply_to`` (an assistant message only) is the position of the last message the
+        ``req.in_reply_to`` (an assistant message only) is the position of the last message the
         answerer read: a user message after it keeps the session waiting for a reply.
         """
 
@@ -138,16 +92,8 @@ class SessionBackend(ABC):
         """Sessions visible to the principal, most recently updated first."""
 
     @abstractmethod
-    async def list_messages(
-        self,
-        principal: str,
-        native_id: str,
-        *,
-        after: str | None,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> MessagePage:
-        """Messages strictly after position ``after`` (from the start when None), oldest first."""
+    async def list_messages(self, q: MessageQuery) -> MessagePage:
+        """Messages strictly after position ``q.after`` (from the start when None), oldest first."""
 
     @abstractmethod
     async def rename_session(self, principal: str, native_id: str, title: str) -> SessionRecord:

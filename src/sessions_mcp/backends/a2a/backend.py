@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,7 +29,6 @@ from ...models import (
     Capabilities,
     MessagePage,
     Pending,
-    Role,
     SessionPage,
     SessionRecord,
     Status,
@@ -37,7 +36,9 @@ from ...models import (
 )
 from ...settings import A2ASettings
 from ...store.base import SessionRow, Store, from_ms
-from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
+from ..base import ProgressFn, SessionBackend, Watch
+from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
+from ..stored import stored_sessions_page
 from .config import AGENTS, AgentConfig
 from .mapping import TaskView
 from .remote import AgentLink
@@ -167,38 +168,18 @@ class A2ABackend(SessionBackend):
         return await self._record(row)
 
     async def list_sessions(self, q: SessionQuery) -> SessionPage:
-        after: tuple[int, str] | None = None
-        if q.cursor:
-            ts, _, sid = q.cursor.partition("/")
-            try:
-                after = (int(ts), sid)
-            except ValueError:
-                raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
-        rows = await self.store.list_sessions(
-            self._owner(q.principal), statuses=sorted(q.statuses) if q.statuses else None, query=q.query,
-            after=after, limit=q.limit + 1,
-        )  # fmt: skip
-        more = len(rows) > q.limit
-        rows = rows[: q.limit]
-        items = [await self._record(r) for r in rows]
-        return SessionPage(items=items, next_cursor=f"{rows[-1].updated_at}/{rows[-1].id}" if more and rows else None)
+        return await stored_sessions_page(self.store, self._owner(q.principal), q, self._record)
 
-    async def list_messages(
-        self,
-        principal: str,
-        native_id: str,
-        *,
-        after: str | None,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> MessagePage:
+    async def list_messages(self, q: MessageQuery) -> MessagePage:
         try:
-            seq = int(after) if after is not None else 0
+            seq = int(q.after) if q.after is not None else 0
         except ValueError:
             raise InvalidArgument("bad cursor: pass a cursor returned by this server") from None
-        got = await self.store.list_messages(self._owner(principal), native_id, after_seq=seq, limit=limit, roles=roles)
+        got = await self.store.list_messages(
+            self._owner(q.principal), q.native_id, after_seq=seq, limit=q.limit, roles=q.roles
+        )
         if got is None:
-            raise UnknownSession(self._handle(native_id))
+            raise UnknownSession(self._handle(q.native_id))
         row, msgs, more = got
         await self._adopt(row)
         return MessagePage(items=[stored(m) for m in msgs], has_more=more, status=row.status)
@@ -224,25 +205,16 @@ class A2ABackend(SessionBackend):
             raise
         return CreateResult(session=await self._record(await self._row(req.principal, row.id)), written=[msg])
 
-    async def send_message(
-        self,
-        principal: str,
-        native_id: str,
-        text: str,
-        role: Role,
-        *,
-        dedupe_key: str | None = None,
-        in_reply_to: str | None = None,
-    ) -> StoredMessage:
-        if role != "user":
+    async def send_message(self, req: SendRequest) -> StoredMessage:
+        if req.role != "user":
             raise Unsupported(NAME, "take role='assistant' messages", "the remote agent writes the replies")
-        lock = self._send_locks.setdefault(native_id, anyio.Lock())
+        lock = self._send_locks.setdefault(req.native_id, anyio.Lock())
         try:
             async with lock:  # two sends at once: the second sees the first one's turn running
-                return await self._send(principal, native_id, text, dedupe_key)
+                return await self._send(req.principal, req.native_id, req.text, req.dedupe_key)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._send_locks.pop(native_id, None)
+                self._send_locks.pop(req.native_id, None)
 
     async def _send(self, principal: str, native_id: str, text: str, dedupe_key: str | None) -> StoredMessage:
         row = await self._row(principal, native_id)

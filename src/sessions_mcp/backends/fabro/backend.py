@@ -39,7 +39,6 @@ from ...errors import (
 from ...models import (
     Capabilities,
     MessagePage,
-    Role,
     SessionPage,
     SessionRecord,
     Status,
@@ -47,7 +46,9 @@ from ...models import (
     TextPart,
 )
 from ...store.base import SessionRow, Store, from_ms
-from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
+from ..base import ProgressFn, SessionBackend, Watch
+from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
+from ..stored import BAD_CURSOR, parse_row_cursor, row_cursor
 from .client import FabroClient
 from .events import LiveStreams, StreamWatch, attach_listener
 from .mapping import parse_position, turns_to_messages
@@ -208,42 +209,26 @@ class FabroBackend(SessionBackend):
         detail = await self._detail(fabro_id, native_id)
         return self._record(native_id, detail, turns_to_messages(fabro_id, detail.turns, detail.created_at), row)
 
-    async def list_messages(
-        self,
-        principal: str,
-        native_id: str,
-        *,
-        after: str | None,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> MessagePage:
-        start = parse_position(after)
-        fabro_id, _ = await self._resolve(principal, native_id)
+    async def list_messages(self, q: MessageQuery) -> MessagePage:
+        start = parse_position(q.after)
+        fabro_id, _ = await self._resolve(q.principal, q.native_id)
         if fabro_id is None:
             if start:
                 raise BadCursor("this session has no messages yet")
             return MessagePage(items=[], has_more=False, status=Status.IDLE)
-        detail = await self._detail(fabro_id, native_id)
+        detail = await self._detail(fabro_id, q.native_id)
         messages = turns_to_messages(fabro_id, detail.turns, detail.created_at)
-        rest = [m for m in messages[start:] if roles is None or m.role in roles]
+        rest = [m for m in messages[start:] if q.roles is None or m.role in q.roles]
         status, _ = self._status(detail)
-        return MessagePage(items=rest[:limit], has_more=len(rest) > limit, status=status)
+        return MessagePage(items=rest[: q.limit], has_more=len(rest) > q.limit, status=status)
 
     async def list_sessions(self, q: SessionQuery) -> SessionPage:
         items: list[SessionRecord] = []
         phase, _, where = (q.cursor or "d:").partition(":")
         if phase not in ("d", "r"):
-            raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call")
+            raise InvalidArgument(BAD_CURSOR)
         if phase == "d":
-            after: tuple[int, str] | None = None
-            if where:
-                ts, _, sid = where.partition("/")
-                try:
-                    after = (int(ts), sid)
-                except ValueError:
-                    raise InvalidArgument(
-                        "bad cursor for list_sessions: pass next_cursor from a previous call"
-                    ) from None
+            after = parse_row_cursor(where) if where else None
             rows = await self.store.list_sessions(
                 self._owner(q.principal), statuses=None, query=q.query, after=after, limit=q.limit + 1
             )
@@ -253,13 +238,13 @@ class FabroBackend(SessionBackend):
                 if r.message_count == 0 and (q.statuses is None or Status.IDLE in q.statuses):
                     items.append(self._draft_record(DRAFT_PREFIX + r.id, r))
             if more:
-                return SessionPage(items=items, next_cursor=f"d:{rows[-1].updated_at}/{rows[-1].id}")
+                return SessionPage(items=items, next_cursor=f"d:{row_cursor(rows[-1])}")
             offset = 0
         else:
             try:
                 offset = int(where)
             except ValueError:
-                raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
+                raise InvalidArgument(BAD_CURSOR) from None
         room = q.limit - len(items)
         if room <= 0:
             return SessionPage(items=items, next_cursor=f"r:{offset}")
@@ -328,18 +313,10 @@ class FabroBackend(SessionBackend):
                 await stream.wait_connected(CONNECT_WAIT_S)
         return created.id, created
 
-    async def send_message(
-        self,
-        principal: str,
-        native_id: str,
-        text: str,
-        role: Role,
-        *,
-        dedupe_key: str | None = None,
-        in_reply_to: str | None = None,
-    ) -> StoredMessage:
-        if role != "user":
+    async def send_message(self, req: SendRequest) -> StoredMessage:
+        if req.role != "user":
             raise Unsupported(NAME, "take role='assistant' messages", "Fabro's agent writes the replies")
+        principal, native_id, text = req.principal, req.native_id, req.text
         fabro_id, row = await self._resolve(principal, native_id)
         if fabro_id is None:
             assert row is not None
@@ -377,7 +354,7 @@ class FabroBackend(SessionBackend):
         async with lock:
             target = await self._draft_target(principal, native_id)
             if target is not None:  # another call got here first
-                return await self.send_message(principal, native_id, text, "user")
+                return await self.send_message(SendRequest(principal, native_id, text, "user"))
             fabro_id, created = await self._create_remote(text, row.model, row.system)
             appended = await self.store.append_message(
                 self._owner(principal), row.id, role="system",

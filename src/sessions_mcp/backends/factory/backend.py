@@ -52,7 +52,8 @@ from ...models import (
     TextPart,
     parts_text,
 )
-from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
+from ..base import ProgressFn, SessionBackend, Watch
+from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
 from .client import PAGE_MAX, FactoryClient
 from .mapping import content_to_parts, from_ms, role, wire_status
 from .wire import WireMessage, WireSession
@@ -241,19 +242,10 @@ class FactoryBackend(SessionBackend):
             position=_position(0, posted.message_id),
         )
 
-    async def send_message(
-        self,
-        principal: str,
-        native_id: str,
-        text: str,
-        role: Role,
-        *,
-        dedupe_key: str | None = None,
-        in_reply_to: str | None = None,
-    ) -> StoredMessage:
-        if role != "user":
+    async def send_message(self, req: SendRequest) -> StoredMessage:
+        if req.role != "user":
             raise Unsupported(self.name, "take role='assistant' messages", "Factory's agent writes the replies")
-        return await self._post(native_id, text)
+        return await self._post(req.native_id, req.text)
 
     def _stored(self, index: int, m: WireMessage) -> StoredMessage:
         return StoredMessage(
@@ -313,19 +305,11 @@ class FactoryBackend(SessionBackend):
                 return out[:limit], len(out) > limit
         raise BadCursor("the message it points to is no longer in this Factory session")
 
-    async def list_messages(
-        self,
-        principal: str,
-        native_id: str,
-        *,
-        after: str | None,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> MessagePage:
+    async def list_messages(self, q: MessageQuery) -> MessagePage:
         # the status is read first: when it says idle, every reply of the turn is already listed
-        ws = await self.client.get_session(native_id, subject=self.subject(native_id))
-        items, more = await self._after(native_id, after, limit, roles)
-        return MessagePage(items=items, has_more=more, status=self._status(native_id, ws.status))
+        ws = await self.client.get_session(q.native_id, subject=self.subject(q.native_id))
+        items, more = await self._after(q.native_id, q.after, q.limit, q.roles)
+        return MessagePage(items=items, has_more=more, status=self._status(q.native_id, ws.status))
 
     # --- waiting ------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ Status rules (one place):
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +28,9 @@ from ...ids import count_position
 from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
-from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
+from ..base import ProgressFn, SessionBackend, Watch
+from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
+from ..stored import stored_sessions_page
 
 if TYPE_CHECKING:
     from ...mirror import Mirror
@@ -295,24 +297,7 @@ class LocalBackend(SessionBackend):
         return await self._rec(await self._row(principal, native_id))
 
     async def list_sessions(self, q: SessionQuery) -> SessionPage:
-        after: tuple[int, str] | None = None
-        if q.cursor:
-            ts, _, sid = q.cursor.partition("/")
-            try:
-                after = (int(ts), sid)
-            except ValueError:
-                raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
-        rows = await self.store.list_sessions(
-            q.principal,
-            statuses=sorted(q.statuses) if q.statuses else None,
-            query=q.query,
-            after=after,
-            limit=q.limit + 1,
-        )
-        more = len(rows) > q.limit
-        rows = rows[: q.limit]
-        next_cursor = f"{rows[-1].updated_at}/{rows[-1].id}" if more and rows else None
-        return SessionPage(items=[await self._rec(r) for r in rows], next_cursor=next_cursor)
+        return await stored_sessions_page(self.store, q.principal, q, self._rec)
 
     async def rename_session(self, principal: str, native_id: str, title: str) -> SessionRecord:
         row = await self.store.update_session(principal, native_id, title=title)
@@ -347,19 +332,10 @@ class LocalBackend(SessionBackend):
 
     # --- messages ---------------------------------------------------------------------------
 
-    async def send_message(
-        self,
-        principal: str,
-        native_id: str,
-        text: str,
-        role: Role,
-        *,
-        dedupe_key: str | None = None,
-        in_reply_to: str | None = None,
-    ) -> StoredMessage:
-        row = await self._row(principal, native_id)
+    async def send_message(self, req: SendRequest) -> StoredMessage:
+        row = await self._row(req.principal, req.native_id)
         attached = row.agent not in (None, MAILBOX)
-        if role == "assistant":
+        if req.role == "assistant":
             if attached:
                 raise Unsupported(
                     "local",
@@ -367,35 +343,37 @@ class LocalBackend(SessionBackend):
                     f"its replies come from the {row.agent!r} agent; send role='user' instead",
                 )
             status = Status.IDLE
-        elif role == "user":
+        elif req.role == "user":
             status = Status.RUNNING if attached else Status.AWAITING_REPLY
         else:
             raise InvalidArgument("role must be 'user' or 'assistant'")
-        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": req.text}]
         answers = False
-        if role == "user" and row.status is Status.NEEDS_INPUT:
-            pending = await self.pending(native_id)
+        if req.role == "user" and row.status is Status.NEEDS_INPUT:
+            pending = await self.pending(req.native_id)
             if pending is not None:
-                parts = self._answer(native_id, pending, text)
+                parts = self._answer(req.native_id, pending, req.text)
                 answers = True
         result = await self.store.append_message(
-            principal,
-            native_id,
-            role=role,
+            req.principal,
+            req.native_id,
+            role=req.role,
             parts=parts,
-            text=text,
+            text=req.text,
             new_status=status,
-            dedupe_key=dedupe_key,
-            unanswered_after_seq=_position(in_reply_to) if role == "assistant" and in_reply_to is not None else None,
+            dedupe_key=req.dedupe_key,
+            unanswered_after_seq=(
+                _position(req.in_reply_to) if req.role == "assistant" and req.in_reply_to is not None else None
+            ),
         )
         if result is None:
-            raise UnknownSession(f"local:{native_id}")
+            raise UnknownSession(f"local:{req.native_id}")
         session, msg = result
-        await self.publish(native_id, principal, "message")
-        if attached and role == "user" and not answers:
+        await self.publish(req.native_id, req.principal, "message")
+        if attached and req.role == "user" and not answers:
             runner = await self._start_runner()
             if runner is not None:
-                runner.begin_turn(principal, native_id)
+                runner.begin_turn(req.principal, req.native_id)
         del session
         return _stored(msg)
 
@@ -441,20 +419,12 @@ class LocalBackend(SessionBackend):
         if row is not None:
             await self.publish(native_id, owner, "status")
 
-    async def list_messages(
-        self,
-        principal: str,
-        native_id: str,
-        *,
-        after: str | None,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> MessagePage:
+    async def list_messages(self, q: MessageQuery) -> MessagePage:
         result = await self.store.list_messages(
-            principal, native_id, after_seq=_position(after), limit=limit, roles=roles
+            q.principal, q.native_id, after_seq=_position(q.after), limit=q.limit, roles=q.roles
         )
         if result is None:
-            raise UnknownSession(f"local:{native_id}")
+            raise UnknownSession(f"local:{q.native_id}")
         row, msgs, more = result
         return MessagePage(items=[_stored(m) for m in msgs], has_more=more, status=row.status)
 
