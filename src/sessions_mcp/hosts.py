@@ -62,6 +62,23 @@ def _bearer(launch: Launch, template: str) -> dict[str, str]:
     return {"Authorization": "Bearer " + template.format(launch.token_env)} if launch.token_env else {}
 
 
+def _headers(launch: Launch, template: str) -> dict[str, Any]:
+    return {"headers": _bearer(launch, template)} if launch.token_env else {}
+
+
+def _header_flag(launch: Launch) -> str:
+    """The ``--header`` option of the add commands that take one (none without a token)."""
+    return f' --header "Authorization: Bearer ${launch.token_env}"' if launch.token_env else ""
+
+
+def _env_flags(launch: Launch, flag: str) -> str:
+    return "".join(f" {flag} {k}={shlex.quote(v)}" for k, v in launch.env.items())
+
+
+def _command(launch: Launch) -> str:
+    return shlex.join([launch.command, *launch.args])
+
+
 def _stdio(launch: Launch, **extra: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {"command": launch.command, "args": list(launch.args)}
     if launch.env:
@@ -91,20 +108,21 @@ class Host:
         return dump_json({self.key: {name: entry}})
 
 
-def _claude_entry(launch: Launch) -> dict[str, Any]:
-    if launch.url:
-        return {"type": "http", "url": launch.url} | (
-            {"headers": _bearer(launch, "${{{}}}")} if launch.token_env else {}
-        )
-    return {"type": "stdio"} | _stdio(launch)
+def _typed_entry(template: str) -> Callable[[Launch], dict[str, Any]]:
+    """``type: http`` with the URL, else ``type: stdio`` (Claude Code, droid, VS Code)."""
+
+    def entry(launch: Launch) -> dict[str, Any]:
+        if launch.url:
+            return {"type": "http", "url": launch.url} | _headers(launch, template)
+        return {"type": "stdio"} | _stdio(launch)
+
+    return entry
 
 
 def _claude_add(launch: Launch, name: str) -> str:
     if launch.url:
-        header = f' --header "Authorization: Bearer ${launch.token_env}"' if launch.token_env else ""
-        return f"claude mcp add --scope user --transport http {name} {launch.url}{header}"
-    env = "".join(f" -e {k}={shlex.quote(v)}" for k, v in launch.env.items())
-    return f"claude mcp add --scope user {name}{env} -- {shlex.join([launch.command, *launch.args])}"
+        return f"claude mcp add --scope user --transport http {name} {launch.url}{_header_flag(launch)}"
+    return f"claude mcp add --scope user {name}{_env_flags(launch, '-e')} -- {_command(launch)}"
 
 
 def _codex_entry(launch: Launch) -> dict[str, Any]:
@@ -124,81 +142,59 @@ def _codex_add(launch: Launch, name: str) -> str:
     if launch.url:
         token = f" --bearer-token-env-var {launch.token_env}" if launch.token_env else ""
         return f"codex mcp add {name} --url {launch.url}{token}"
-    env = "".join(f" --env {k}={shlex.quote(v)}" for k, v in launch.env.items())
-    return f"codex mcp add {name}{env} -- {shlex.join([launch.command, *launch.args])}"
+    return f"codex mcp add {name}{_env_flags(launch, '--env')} -- {_command(launch)}"
 
 
 def _gemini_entry(launch: Launch) -> dict[str, Any]:
     # trust: headless runs (-p) do not even offer an untrusted server's tools to the model
     if launch.url:
-        return (
-            {"httpUrl": launch.url}
-            | ({"headers": _bearer(launch, "${{{}}}")} if launch.token_env else {})
-            | {"trust": True}
-        )
+        return {"httpUrl": launch.url} | _headers(launch, "${{{}}}") | {"trust": True}
     return _stdio(launch, trust=True)
+
+
+def _gemini_like(cli: str, label: str) -> Host:
+    """Gemini CLI, or a fork of it (Qwen Code) that keeps its config layout and add command."""
+
+    def path() -> Path:
+        return _home() / f".{cli}" / "settings.json"
+
+    return Host(cli, label, path, "mcpServers", _gemini_entry, add=_gemini_like_add(cli))
 
 
 def _gemini_like_add(cli: str) -> Callable[[Launch, str], str]:
     def add(launch: Launch, name: str) -> str:
         if launch.url:
-            header = f' --header "Authorization: Bearer ${launch.token_env}"' if launch.token_env else ""
-            return f"{cli} mcp add --scope user --trust --transport http {name} {launch.url}{header}"
-        env = "".join(f" -e {k}={shlex.quote(v)}" for k, v in launch.env.items())
-        return f"{cli} mcp add --scope user --trust{env} {name} {shlex.join([launch.command, *launch.args])}"
+            return f"{cli} mcp add --scope user --trust --transport http {name} {launch.url}{_header_flag(launch)}"
+        return f"{cli} mcp add --scope user --trust{_env_flags(launch, '-e')} {name} {_command(launch)}"
 
     return add
 
 
 def _copilot_entry(launch: Launch) -> dict[str, Any]:
     if launch.url:
-        return (
-            {"type": "http", "url": launch.url}
-            | ({"headers": _bearer(launch, "${{{}}}")} if launch.token_env else {})
-            | {"tools": ["*"]}
-        )
+        return {"type": "http", "url": launch.url} | _headers(launch, "${{{}}}") | {"tools": ["*"]}
     return {"type": "local"} | _stdio(launch, tools=["*"])
 
 
 def _copilot_add(launch: Launch, name: str) -> str:
     if launch.url:
-        header = f' --header "Authorization: Bearer ${launch.token_env}"' if launch.token_env else ""
-        return f"copilot mcp add --transport http{header} {name} {launch.url}"
-    env = "".join(f" --env {k}={shlex.quote(v)}" for k, v in launch.env.items())
-    return f"copilot mcp add{env} {name} -- {shlex.join([launch.command, *launch.args])}"
-
-
-def _droid_entry(launch: Launch) -> dict[str, Any]:
-    if launch.url:
-        return {"type": "http", "url": launch.url} | (
-            {"headers": _bearer(launch, "${{{}}}")} if launch.token_env else {}
-        )
-    return {"type": "stdio"} | _stdio(launch)
+        return f"copilot mcp add --transport http{_header_flag(launch)} {name} {launch.url}"
+    return f"copilot mcp add{_env_flags(launch, '--env')} {name} -- {_command(launch)}"
 
 
 def _droid_add(launch: Launch, name: str) -> str:
     if launch.url:
-        header = f' --header "Authorization: Bearer ${launch.token_env}"' if launch.token_env else ""
-        return f"droid mcp add --type http{header} {name} {launch.url}"
-    env = "".join(f" --env {k}={shlex.quote(v)}" for k, v in launch.env.items())
-    return f"droid mcp add{env} {name} {shlex.join([launch.command, *launch.args])}"
+        return f"droid mcp add --type http{_header_flag(launch)} {name} {launch.url}"
+    return f"droid mcp add{_env_flags(launch, '--env')} {name} {_command(launch)}"
 
 
 def _plain_entry(url_key: str, var: str) -> Callable[[Launch], dict[str, Any]]:
     def entry(launch: Launch) -> dict[str, Any]:
         if launch.url:
-            return {url_key: launch.url} | ({"headers": _bearer(launch, var)} if launch.token_env else {})
+            return {url_key: launch.url} | _headers(launch, var)
         return _stdio(launch)
 
     return entry
-
-
-def _vscode_entry(launch: Launch) -> dict[str, Any]:
-    if launch.url:
-        return {"type": "http", "url": launch.url} | (
-            {"headers": _bearer(launch, "${{env:{}}}")} if launch.token_env else {}
-        )
-    return {"type": "stdio"} | _stdio(launch)
 
 
 def _desktop_entry(launch: Launch) -> dict[str, Any]:
@@ -215,7 +211,7 @@ HOSTS: dict[str, Host] = {
             "Claude Code",
             lambda: Path(os.environ.get("CLAUDE_CONFIG_DIR") or _home()) / ".claude.json",
             "mcpServers",
-            _claude_entry,
+            _typed_entry("${{{}}}"),
             add=_claude_add,
             note="headless: claude -p … --allowedTools mcp__sessions",
         ),
@@ -229,22 +225,8 @@ HOSTS: dict[str, Host] = {
             add=_codex_add,
             note="the add command cannot set required/default_tools_approval_mode; prefer setup",
         ),
-        Host(
-            "gemini",
-            "Gemini CLI",
-            lambda: _home() / ".gemini" / "settings.json",
-            "mcpServers",
-            _gemini_entry,
-            add=_gemini_like_add("gemini"),
-        ),
-        Host(
-            "qwen",
-            "Qwen Code",
-            lambda: _home() / ".qwen" / "settings.json",
-            "mcpServers",
-            _gemini_entry,
-            add=_gemini_like_add("qwen"),
-        ),
+        _gemini_like("gemini", "Gemini CLI"),
+        _gemini_like("qwen", "Qwen Code"),
         Host(
             "copilot",
             "GitHub Copilot CLI",
@@ -259,7 +241,7 @@ HOSTS: dict[str, Host] = {
             "Factory droid",
             lambda: _home() / ".factory" / "mcp.json",
             "mcpServers",
-            _droid_entry,
+            _typed_entry("${{{}}}"),
             add=_droid_add,
             note="headless: droid exec --auto high …",
         ),
@@ -277,7 +259,13 @@ HOSTS: dict[str, Host] = {
             "mcpServers",
             _plain_entry("url", "${{env:{}}}"),
         ),
-        Host("vscode", "VS Code", lambda: _app_support("Code", "User", "mcp.json"), "servers", _vscode_entry),
+        Host(
+            "vscode",
+            "VS Code",
+            lambda: _app_support("Code", "User", "mcp.json"),
+            "servers",
+            _typed_entry("${{env:{}}}"),
+        ),
         Host(
             "windsurf",
             "Windsurf",

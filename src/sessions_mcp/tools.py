@@ -178,21 +178,24 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
     before = {t.name for t in manager.list_tools()}
 
-    def ann(*, read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations:
-        return ToolAnnotations(
+    def expose(
+        name: str, title: str, *, read_only: bool, destructive: bool, idempotent: bool, app: bool = False
+    ) -> Callable[[Callable[P, Awaitable[CallToolResult]]], Callable[P, Awaitable[CallToolResult]]]:
+        """Register the tool ``name`` behind :func:`_guard`; ``app`` links it to the MCP App view."""
+        annotations = ToolAnnotations(
             read_only_hint=read_only,
             destructive_hint=destructive,
             idempotent_hint=idempotent,
             open_world_hint=open_world,
         )
 
-    @mcp.tool(
-        name="create_session",
-        meta=TOOL_META,
-        title="Create session",
-        annotations=ann(read_only=False, destructive=False, idempotent=False),
-    )
-    @_guard("create_session")
+        def deco(fn: Callable[P, Awaitable[CallToolResult]]) -> Callable[P, Awaitable[CallToolResult]]:
+            register = mcp.tool(name=name, title=title, annotations=annotations, meta=TOOL_META if app else None)
+            return register(_guard(name)(fn))
+
+        return deco
+
+    @expose("create_session", "Create session", read_only=False, destructive=False, idempotent=False, app=True)
     async def create_session(
         ctx: Context,
         prompt: Annotated[
@@ -240,13 +243,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             text += "\n\n" + pending_text(r.session.id, r.pending)
         return _result(r, text)
 
-    @mcp.tool(
-        name="send_message",
-        meta=TOOL_META,
-        title="Send message",
-        annotations=ann(read_only=False, destructive=False, idempotent=False),
-    )
-    @_guard("send_message")
+    @expose("send_message", "Send message", read_only=False, destructive=False, idempotent=False, app=True)
     async def send_message(
         ctx: Context,
         session_id: SessionId,
@@ -294,12 +291,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             out += "\n\n" + pending_text(r.session.id, r.pending)
         return _result(r, out)
 
-    @mcp.tool(
-        name="list_messages",
-        title="List messages",
-        annotations=ann(read_only=True, destructive=False, idempotent=True),
-    )
-    @_guard("list_messages")
+    @expose("list_messages", "List messages", read_only=True, destructive=False, idempotent=True)
     async def list_messages(
         ctx: Context,
         session_id: SessionId,
@@ -333,24 +325,13 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         head = f"{len(r.messages)} message(s); status: {r.status.value}; has_more: {r.has_more}; next_cursor: {r.next_cursor}"
         return _result(r, head + ("\n\n" + messages_text(r.messages) if r.messages else ""))
 
-    @mcp.tool(
-        name="get_session",
-        meta=TOOL_META,
-        title="Get session",
-        annotations=ann(read_only=True, destructive=False, idempotent=True),
-    )
-    @_guard("get_session")
+    @expose("get_session", "Get session", read_only=True, destructive=False, idempotent=True, app=True)
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
         """Get one session: title, status (idle, running, awaiting_reply, failed, needs_input), error, counts and URIs."""
         s = await service.get_session(current_principal(), session_id)
         return _result(s, session_line(s))
 
-    @mcp.tool(
-        name="list_sessions",
-        title="List sessions",
-        annotations=ann(read_only=True, destructive=False, idempotent=True),
-    )
-    @_guard("list_sessions")
+    @expose("list_sessions", "List sessions", read_only=True, destructive=False, idempotent=True)
     async def list_sessions(
         backend: Annotated[str | None, Field(description=f"Only this backend ({names}); default all.")] = None,
         status: Annotated[
@@ -374,12 +355,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             lines.append(f"more: call list_sessions(cursor={r.next_cursor!r})")
         return _result(r, "\n".join(lines))
 
-    @mcp.tool(
-        name="rename_session",
-        title="Rename session",
-        annotations=ann(read_only=False, destructive=False, idempotent=True),
-    )
-    @_guard("rename_session")
+    @expose("rename_session", "Rename session", read_only=False, destructive=False, idempotent=True)
     async def rename_session(
         session_id: SessionId, title: Annotated[str, Field(description="The new title.")]
     ) -> Annotated[CallToolResult, Session]:
@@ -387,12 +363,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         s = await service.rename_session(current_principal(), session_id, title)
         return _result(s, "renamed " + session_line(s))
 
-    @mcp.tool(
-        name="interrupt_session",
-        title="Interrupt session",
-        annotations=ann(read_only=False, destructive=False, idempotent=True),
-    )
-    @_guard("interrupt_session")
+    @expose("interrupt_session", "Interrupt session", read_only=False, destructive=False, idempotent=True)
     async def interrupt_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
         """Stop the agent's current turn (the only way to stop one); the session stays usable.
 
@@ -401,12 +372,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         s = await service.interrupt_session(current_principal(), session_id)
         return _result(s, "interrupted " + session_line(s))
 
-    @mcp.tool(
-        name="delete_session",
-        title="Delete session",
-        annotations=ann(read_only=False, destructive=True, idempotent=True),
-    )
-    @_guard("delete_session")
+    @expose("delete_session", "Delete session", read_only=False, destructive=True, idempotent=True)
     async def delete_session(session_id: SessionId) -> Annotated[CallToolResult, DeleteResult]:
         """Delete a session and its messages for good."""
         r = await service.delete_session(current_principal(), session_id)
