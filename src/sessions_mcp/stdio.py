@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -126,6 +126,21 @@ def parse_line(line: bytes) -> SessionMessage | dict[str, Any] | None:
     return SessionMessage(message)
 
 
+async def route_line(
+    line: bytes,
+    deliver: Callable[[SessionMessage], Awaitable[None]],
+    answer: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Hand a line's message to ``deliver`` or its error response to ``answer`` (see :func:`parse_line`)."""
+    parsed = parse_line(line)
+    if parsed is None:
+        return
+    if isinstance(parsed, SessionMessage):
+        await deliver(parsed)
+    else:
+        await answer(parsed)
+
+
 class _Claimed:
     """fd 0 and 1 moved to private descriptors; the standard ones point at /dev/null and stderr."""
 
@@ -207,14 +222,11 @@ async def stdio_transport(in_fd: int | None = None, out_fd: int | None = None) -
                 await _handle(bytes(buffer), send)
 
     async def _handle(line: bytes, send: ContextSendStream[SessionMessage | Exception]) -> None:
-        parsed = parse_line(line)
-        if parsed is None:
-            return
-        if isinstance(parsed, SessionMessage):
-            await send.send(parsed)
-            return
-        log.info("stdio: answered an unparseable line with %s", parsed["error"]["code"])
-        await _answer(parsed)
+        await route_line(line, send.send, _refuse)
+
+    async def _refuse(response: dict[str, Any]) -> None:
+        log.info("stdio: answered an unparseable line with %s", response["error"]["code"])
+        await _answer(response)
 
     async def _answer(response: dict[str, Any]) -> None:
         await write_line(json.dumps(response, separators=(",", ":")).encode() + b"\n")

@@ -22,7 +22,7 @@ import anyio.to_thread
 from mcp.shared._context_streams import create_context_streams  # pyright: ignore[reportPrivateUsage]
 from mcp.shared.message import SessionMessage
 
-from ..stdio import MAX_LINE_BYTES, PARSE_ERROR, _error, parse_line  # pyright: ignore[reportPrivateUsage]
+from ..stdio import MAX_LINE_BYTES, PARSE_ERROR, _error, route_line  # pyright: ignore[reportPrivateUsage]
 
 CHUNK = 1 << 16
 
@@ -84,14 +84,11 @@ async def fd_streams(stdin_fd: int, stdout_fd: int) -> AsyncGenerator[tuple[Any,
         async with out_lock:
             await writer.write(data)
 
+    async def answer(response: dict[str, Any]) -> None:
+        await write_line(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+
     async def handle(line: bytes) -> None:
-        parsed = parse_line(line)
-        if parsed is None:
-            return
-        if isinstance(parsed, SessionMessage):
-            await read_send.send(parsed)
-            return
-        await write_line(json.dumps(parsed, separators=(",", ":")).encode() + b"\n")
+        await route_line(line, read_send.send, answer)
 
     async def pump_in() -> None:
         with in_scope:

@@ -306,11 +306,16 @@ class LocalBackend(SessionBackend):
         await self.publish(row.id, row.owner, "renamed")
         return _record(row)
 
-    async def interrupt_session(self, principal: str, native_id: str) -> SessionRecord:
+    async def _stop_turn(self, principal: str, native_id: str) -> SessionRow:
+        """Stop the turn an agent of this process runs in the session, if any; the row afterwards."""
         row = await self._row(principal, native_id)
         if self.runner is not None and row.status in (Status.RUNNING, Status.NEEDS_INPUT):
             await self.runner.interrupt(principal, native_id)
             row = await self._row(principal, native_id)
+        return row
+
+    async def interrupt_session(self, principal: str, native_id: str) -> SessionRecord:
+        row = await self._stop_turn(principal, native_id)
         if row.status in (Status.RUNNING, Status.AWAITING_REPLY, Status.NEEDS_INPUT):
             updated = await self.store.update_session(principal, native_id, status=Status.IDLE, clear_error=True)
             if updated is None:
@@ -320,9 +325,7 @@ class LocalBackend(SessionBackend):
         return _record(row)
 
     async def delete_session(self, principal: str, native_id: str) -> None:
-        row = await self._row(principal, native_id)
-        if self.runner is not None and row.status in (Status.RUNNING, Status.NEEDS_INPUT):
-            await self.runner.interrupt(principal, native_id)
+        await self._stop_turn(principal, native_id)
         if not await self.store.delete_session(principal, native_id):
             raise UnknownSession(f"local:{native_id}")
         forget = getattr(self.runner, "forget", None)
