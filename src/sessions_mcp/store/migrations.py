@@ -107,4 +107,30 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at)
         """,
     ),
+    (
+        "0004_tasks",
+        # MCP tasks (both protocol eras): a waiting create_session/send_message answered later.
+        # ``first`` is the call's result once the user message was stored; ``result`` the final
+        # CallToolResult; a finished task is kept until created_at + ttl_ms.
+        """
+        CREATE TABLE tasks (
+            id             TEXT PRIMARY KEY,
+            owner          TEXT NOT NULL,
+            tool           TEXT NOT NULL,
+            session_id     TEXT NOT NULL,
+            era            TEXT NOT NULL,
+            status         TEXT NOT NULL,
+            status_message TEXT,
+            first          TEXT NOT NULL,
+            max_chars      INTEGER NOT NULL,
+            result         TEXT,
+            error          TEXT,
+            created_at     INTEGER NOT NULL,
+            updated_at     INTEGER NOT NULL,
+            ttl_ms         INTEGER NOT NULL
+        );
+        CREATE INDEX tasks_by_owner ON tasks (owner, created_at DESC, id DESC);
+        CREATE INDEX tasks_by_session ON tasks (session_id, status)
+        """,
+    ),
 ]

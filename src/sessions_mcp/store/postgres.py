@@ -174,6 +174,29 @@ POSTGRES_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at);
         """,
     ),
+    (
+        "0004_tasks",
+        """
+        CREATE TABLE tasks (
+            id             TEXT COLLATE "C" PRIMARY KEY,
+            owner          TEXT NOT NULL,
+            tool           TEXT NOT NULL,
+            session_id     TEXT NOT NULL,
+            era            TEXT NOT NULL,
+            status         TEXT NOT NULL,
+            status_message TEXT,
+            first          TEXT NOT NULL,
+            max_chars      INTEGER NOT NULL,
+            result         TEXT,
+            error          TEXT,
+            created_at     BIGINT NOT NULL,
+            updated_at     BIGINT NOT NULL,
+            ttl_ms         BIGINT NOT NULL
+        );
+        CREATE INDEX tasks_by_owner ON tasks (owner, created_at DESC, id DESC);
+        CREATE INDEX tasks_by_session ON tasks (session_id, status);
+        """,
+    ),
 ]
 """Named migrations for PostgreSQL; the names match :data:`~.migrations.SQLITE_MIGRATIONS` one to one."""
 

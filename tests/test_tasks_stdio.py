@@ -1,0 +1,206 @@
+"""MCP tasks over stdio, raw JSON-RPC, both eras: create, poll, complete, fail, cancel, restart, expiry."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from sessions_mcp.store.base import pid_alive
+
+from .tasks_support import (
+    LEGACY,
+    MODERN,
+    SESSION_META,
+    RpcError,
+    agent_env,
+    final_result,
+    release,
+    start_task,
+    started,
+    stdio_peer,
+)
+
+pytestmark = pytest.mark.anyio
+ERAS = [MODERN, LEGACY]
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Path:
+    d = tmp_path / "box"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_waiting_call_becomes_a_task_that_completes_with_the_calls_result(
+    tmp_path: Path, box: Path, era: str
+) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, env=agent_env(box)) as peer:
+        task = await start_task(peer, "create_session", prompt="wait:a", title="long one")
+        assert task["status"] == "working"
+        assert task["taskId"].startswith("task_") and len(task["taskId"]) >= 30
+        sid = task["statusMessage"].split("session ")[-1]
+        assert sid.startswith("local:")
+        if era == MODERN:
+            assert 1000 <= task["pollIntervalMs"] <= 2000 and task["ttlMs"] == 86_400_000
+            assert task["_meta"][SESSION_META] == sid
+        else:
+            assert 1000 <= task["pollInterval"] <= 2000 and task["ttl"] == 3_600_000
+        await started(box, "a")
+        polled = await peer.call("tasks/get", {"taskId": task["taskId"]})
+        assert polled["status"] == "working" and "result" not in polled
+        # the session is an ordinary session meanwhile: other views see the same turn
+        s = await peer.tool("get_session", session_id=sid)
+        assert s["structuredContent"]["status"] == "running"
+        release(box, "a")
+        done, result = await final_result(peer, task["taskId"])
+        assert done["status"] == "completed"
+        body = result["structuredContent"]
+        assert body["status"] == "idle" and body["session"]["id"] == sid
+        assert [m["text"] for m in body["messages"]] == ["wait:a", "reply to a\n"]
+        assert "reply to a" in result["content"][0]["text"] and not result.get("isError")
+        if era == LEGACY:
+            assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task["taskId"]}
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_failed_turn_completes_the_task_with_a_failed_result(tmp_path: Path, box: Path, era: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, env=agent_env(box)) as peer:
+        created = await peer.tool("create_session", prompt="quick", wait=False)
+        sid = created["structuredContent"]["session"]["id"]
+        task = await start_task(peer, "send_message", session_id=sid, text="fail:b")
+        await started(box, "b")
+        release(box, "b")
+        done, result = await final_result(peer, task["taskId"])
+        assert done["status"] == "completed"  # the call itself succeeded; the turn failed
+        assert result["structuredContent"]["status"] == "failed"
+        assert "gave up on b" in result["structuredContent"]["session"]["error"]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_tasks_cancel_interrupts_the_turn(tmp_path: Path, box: Path, era: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, env=agent_env(box)) as peer:
+        task = await start_task(peer, "create_session", prompt="wait:c")
+        agent_pid = await started(box, "c")
+        answer = await peer.call("tasks/cancel", {"taskId": task["taskId"]})
+        if era == MODERN:
+            assert answer == {"resultType": "complete", "_meta": answer["_meta"]}
+        else:
+            assert answer["status"] == "cancelled"
+        done = await peer.poll(task["taskId"])
+        assert done["status"] == "cancelled" and "result" not in done
+        with anyio.fail_after(20):
+            while pid_alive(agent_pid):
+                await anyio.sleep(0.05)
+        sid = done["statusMessage"] if False else task["statusMessage"].split("session ")[-1]
+        s = await peer.tool("get_session", session_id=sid)
+        assert s["structuredContent"]["status"] == "idle"
+        if era == MODERN:  # cooperative cancel of an ended task: acknowledged, nothing changes
+            await peer.call("tasks/cancel", {"taskId": task["taskId"]})
+        else:  # SEP-1686: cancelling a terminal task is invalid params
+            with pytest.raises(RpcError) as err:
+                await peer.call("tasks/cancel", {"taskId": task["taskId"]})
+            assert err.value.code == -32602
+        assert (await peer.call("tasks/get", {"taskId": task["taskId"]}))["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_interrupt_session_ends_the_task_cancelled(tmp_path: Path, box: Path, era: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, env=agent_env(box)) as peer:
+        task = await start_task(peer, "create_session", prompt="wait:d")
+        await started(box, "d")
+        sid = task["statusMessage"].split("session ")[-1]
+        r = await peer.tool("interrupt_session", session_id=sid)
+        assert not r.get("isError"), r
+        done = await peer.poll(task["taskId"])
+        assert done["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_without_task_support_the_call_still_blocks_until_the_reply(tmp_path: Path, box: Path, era: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, tasks=False, env=agent_env(box)) as peer:
+        async with anyio.create_task_group() as tg:
+            got: dict[str, Any] = {}
+
+            async def call() -> None:
+                got.update(await peer.tool("create_session", prompt="wait:e", timeout_s=60))
+
+            tg.start_soon(call)
+            await started(box, "e")
+            assert not got  # still waiting: no task was made for it
+            release(box, "e")
+        assert "resultType" not in got or got["resultType"] == "complete"
+        assert "task" not in got and got["structuredContent"]["status"] == "idle"
+        assert got["structuredContent"]["messages"][-1]["text"] == "reply to e\n"
+        if era == MODERN:  # tasks/* without the extension declared
+            with pytest.raises(RpcError) as err:
+                await peer.call("tasks/get", {"taskId": "task_whatever"})
+            assert err.value.code == -32021
+            assert err.value.data == {"requiredCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}}
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_wire_errors(tmp_path: Path, box: Path, era: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", era, env=agent_env(box)) as peer:
+        for bad in ("task_unknown0000000000000000000000", ""):
+            with pytest.raises(RpcError) as err:
+                await peer.call("tasks/get", {"taskId": bad})
+            assert err.value.code == -32602
+        with pytest.raises(RpcError) as err:
+            await peer.call("tasks/get", {})
+        assert err.value.code == -32602
+        if era == LEGACY:
+            with pytest.raises(RpcError) as err:  # a tool without execution.taskSupport
+                await peer.tool("list_sessions", task={"ttl": 1000})
+            assert err.value.code == -32601
+            with pytest.raises(RpcError) as err:
+                await peer.call("tasks/update", {"taskId": "x", "inputResponses": {}})
+            assert err.value.code == -32601
+        else:
+            # the old params.task is ignored in 2026: a quick call answers as usual
+            got = await peer.tool("create_session", task={"ttl": 1000}, prompt="hello", wait=False)
+            assert got.get("resultType") == "complete" and "structuredContent" in got
+            for method in ("tasks/result", "tasks/list"):
+                with pytest.raises(RpcError) as err:
+                    await peer.call(method, {"taskId": "x"})
+                assert err.value.code == -32601
+
+
+async def test_a_restart_mid_task_completes_the_task_with_the_lost_turn(tmp_path: Path, box: Path) -> None:
+    db = tmp_path / "s.db"
+    async with stdio_peer(db, MODERN, env=agent_env(box)) as first:
+        task = await start_task(first, "create_session", prompt="wait:f")
+        agent_pid = await started(box, "f")
+        first.proc.kill()  # no goodbye: the task and the user message are already durable
+        await first.proc.wait()
+    with anyio.fail_after(20):
+        while pid_alive(agent_pid):
+            await anyio.sleep(0.05)  # the guardian takes the agent down with its server
+    async with stdio_peer(db, LEGACY, env=agent_env(box)) as second:
+        done = await second.poll(task["taskId"])
+        assert done["status"] == "completed"  # over stdio both eras see the local user's tasks
+        result = await second.call("tasks/result", {"taskId": task["taskId"]})
+        assert result["structuredContent"]["status"] == "failed"
+        assert "cut off" in result["structuredContent"]["session"]["error"]
+
+
+async def test_finished_tasks_expire_after_their_ttl(tmp_path: Path, box: Path) -> None:
+    db = tmp_path / "s.db"
+    async with stdio_peer(db, MODERN, env=agent_env(box)) as peer:
+        task = await start_task(peer, "create_session", prompt="wait:g")
+        await started(box, "g")
+        release(box, "g")
+        await peer.poll(task["taskId"])
+        with sqlite3.connect(db) as conn:  # a day and a bit later
+            conn.execute("UPDATE tasks SET created_at = created_at - 90000000 WHERE id = ?", (task["taskId"],))
+        with pytest.raises(RpcError) as err:
+            await peer.call("tasks/get", {"taskId": task["taskId"]})
+        assert err.value.code == -32602
+    async with stdio_peer(db, MODERN, env=agent_env(box)):
+        with anyio.fail_after(20):  # a starting server prunes what expired
+            while sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone()[0]:
+                await anyio.sleep(0.05)
