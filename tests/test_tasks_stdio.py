@@ -204,3 +204,91 @@ async def test_finished_tasks_expire_after_their_ttl(tmp_path: Path, box: Path) 
         with anyio.fail_after(20):  # a starting server prunes what expired
             while sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone()[0]:
                 await anyio.sleep(0.05)
+
+
+def _normalized(result: dict[str, Any]) -> str:
+    """A CallToolResult with what differs between two sessions (ids, cursors, times) replaced."""
+    import json
+    import re
+
+    body = result["structuredContent"]
+    text = json.dumps(
+        {"content": result["content"], "structured": body, "isError": result.get("isError")}, sort_keys=True
+    )
+    swaps = [body["session"]["id"], body["session"]["id"].split(":")[1], body["cursor"]]
+    swaps += [m["id"] for m in body["messages"]] + [m["cursor"] for m in body["messages"]]
+    swaps += [body.get("message_id", "")]
+    names = {s: f"<{i}>" for i, s in enumerate(dict.fromkeys(s for s in swaps if s))}
+    for s in sorted(names, key=len, reverse=True):  # longest first: a cursor may contain an id
+        text = text.replace(s, names[s])
+    return re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+(Z|\+00:00)?", "<time>", text)
+
+
+@pytest.mark.parametrize("tool", ["create_session", "send_message"])
+async def test_a_tasks_result_is_what_the_waiting_call_returns(tmp_path: Path, box: Path, tool: str) -> None:
+    async with stdio_peer(tmp_path / "s.db", MODERN, env=agent_env(box)) as peer:
+        args: list[dict[str, Any]] = [{}, {}]
+        if tool == "send_message":
+            for i in range(2):
+                created = await peer.tool("create_session", title="same")
+                args[i] = {"session_id": created["structuredContent"]["session"]["id"]}
+        else:
+            args = [{"title": "same"}, {"title": "same"}]
+        text_key = "prompt" if tool == "create_session" else "text"
+        release(box, "same")  # the turn answers at once: both see the same kind of turn end
+        waited = await peer.call(
+            "tools/call", {"name": tool, "arguments": {**args[0], text_key: "wait:same", "timeout_s": 60}}, tasks=False
+        )
+        task = await start_task(peer, tool, **args[1], **{text_key: "wait:same"})
+        done, result = await final_result(peer, task["taskId"])
+        assert done["status"] == "completed"
+        assert _normalized(result) == _normalized(waited)
+        assert result["structuredContent"]["messages"][-1]["text"] == "reply to same\n"
+
+
+async def test_a_2025_task_call_with_nothing_to_wait_for_is_born_completed(tmp_path: Path, box: Path) -> None:
+    async with stdio_peer(tmp_path / "s.db", LEGACY, env=agent_env(box)) as peer:
+        got = await peer.tool("create_session", task={"ttl": 60_000}, prompt="hello", wait=False)
+        task = got["task"]
+        assert task["status"] == "completed" and task["ttl"] == 60_000
+        assert "io.modelcontextprotocol/model-immediate-response" in got["_meta"]
+        result = await peer.call("tasks/result", {"taskId": task["taskId"]})
+        assert result["structuredContent"]["status"] == "running"  # the call did not wait
+        # a call that ends with a tool error is a failed task in 2025-11-25 (SEP-1686)
+        bad = await peer.tool("send_message", task={}, session_id="local:nope0000000000000000000", text="hi")
+        assert bad["task"]["status"] == "failed"
+        failed = await peer.call("tasks/result", {"taskId": bad["task"]["taskId"]})
+        assert failed["isError"] is True and "unknown session" in failed["content"][0]["text"]
+        listed = await peer.call("tasks/list", {})
+        assert {t["taskId"] for t in listed["tasks"]} == {task["taskId"], bad["task"]["taskId"]}
+
+
+async def test_2025_status_notifications_and_no_progress_for_task_calls(tmp_path: Path, box: Path) -> None:
+    async with stdio_peer(tmp_path / "s.db", LEGACY, env=agent_env(box)) as peer:
+        got = await peer.call(
+            "tools/call",
+            {"name": "create_session", "arguments": {"prompt": "wait:n"}, "task": {}, "_meta": {"progressToken": 7}},
+        )
+        task_id = got["task"]["taskId"]
+        await started(box, "n")
+        release(box, "n")
+        note = await peer.note("notifications/tasks/status", lambda p: p.get("status") == "completed")
+        assert note["params"]["taskId"] == task_id
+        assert not [n for n in peer.notes if n.get("method") == "notifications/progress"]
+
+
+async def test_tasks_result_blocks_until_the_turn_ends(tmp_path: Path, box: Path) -> None:
+    async with stdio_peer(tmp_path / "s.db", LEGACY, env=agent_env(box)) as peer:
+        task = await start_task(peer, "create_session", prompt="wait:r")
+        await started(box, "r")
+        got: dict[str, Any] = {}
+
+        async def block() -> None:
+            got.update(await peer.call("tasks/result", {"taskId": task["taskId"]}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(block)
+            assert (await peer.call("tasks/get", {"taskId": task["taskId"]}))["status"] == "working"
+            assert not got
+            release(box, "r")
+        assert got["structuredContent"]["messages"][-1]["text"] == "reply to r\n"
