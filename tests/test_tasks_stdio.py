@@ -53,6 +53,7 @@ async def test_a_waiting_call_becomes_a_task_that_completes_with_the_calls_resul
         await started(box, "a")
         polled = await peer.call("tasks/get", {"taskId": task["taskId"]})
         assert polled["status"] == "working" and "result" not in polled
+        assert polled["_meta"][SESSION_META] == sid
         # the session is an ordinary session meanwhile: other views see the same turn
         s = await peer.tool("get_session", session_id=sid)
         assert s["structuredContent"]["status"] == "running"

@@ -108,7 +108,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "0004_tasks",
+        "0005_tasks",
         # MCP tasks (both protocol eras): a waiting create_session/send_message answered later.
         # ``first`` is the call's result once the user message was stored; ``result`` the final
         # CallToolResult; a finished task is kept until created_at + ttl_ms.

@@ -175,7 +175,7 @@ POSTGRES_MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "0004_tasks",
+        "0005_tasks",
         """
         CREATE TABLE tasks (
             id             TEXT COLLATE "C" PRIMARY KEY,

@@ -40,7 +40,7 @@ def require_extension(ctx: ServerRequestContext[Any, Any]) -> None:
 
 def legacy_view(view: TaskView) -> dict[str, Any]:
     """The 2025-11-25 task; a call that completed with ``isError`` is ``failed`` there (SEP-1686)."""
-    out = view.legacy()
+    out = {**view.legacy(), "_meta": view.meta()}
     if view.status == "completed" and view.row.result is not None and json.loads(view.row.result).get("isError"):
         out["status"] = "failed"
     return out

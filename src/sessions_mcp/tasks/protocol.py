@@ -274,7 +274,8 @@ class LegacyTasks:
         else:
             notify_legacy(self.manager, ctx, view)
         immediate = f"{view.status_message or 'task created'}; task {view.row.id} runs in the background"
-        return {"task": legacy_view(view), "_meta": {"io.modelcontextprotocol/model-immediate-response": immediate}}
+        meta = {**view.meta(), "io.modelcontextprotocol/model-immediate-response": immediate}
+        return {"task": legacy_view(view), "_meta": meta}
 
 
 def _ttl(task: Any) -> int | None:
