@@ -254,6 +254,7 @@ def test_readme_links_point_at_files() -> None:
         "local-agents",
         "http-and-auth",
         "troubleshooting",
+        "tasks",
     ):
         assert f"(docs/{page}.md)" in README, page
 

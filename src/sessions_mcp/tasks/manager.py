@@ -191,7 +191,7 @@ class TaskManager:
         self, row: TaskRow, status: str, message: str, *, result: str | None = None, error: str | None = None
     ) -> TaskView:
         done = await self.store.finish(
-            row.id, status=status, status_message=message, result=result, error=error, keep_ms=TTL_MS
+            row.id, status=status, status_message=message, result=result, error=error, keep_ms=row.ttl_ms
         )
         if done is None:  # another process (or call) recorded the end first: theirs stands
             again = await self.store.get(row.owner, row.id)
