@@ -293,3 +293,24 @@ async def test_tasks_result_blocks_until_the_turn_ends(tmp_path: Path, box: Path
             assert not got
             release(box, "r")
         assert got["structuredContent"]["messages"][-1]["text"] == "reply to r\n"
+
+
+async def test_a_2025_client_may_ask_for_a_short_ttl(tmp_path: Path, box: Path) -> None:
+    async with stdio_peer(tmp_path / "s.db", LEGACY, env=agent_env(box)) as peer:
+        got = await peer.tool("create_session", task={"ttl": 1000}, prompt="wait:t")
+        task_id = got["task"]["taskId"]
+        assert got["task"]["ttl"] == 1000
+        await started(box, "t")
+        await anyio.sleep(1.5)  # the ttl itself is under test: let it pass while the turn runs
+        assert (await peer.call("tasks/get", {"taskId": task_id}))["status"] == "working"  # never expires mid-turn
+        release(box, "t")
+        done = await peer.poll(task_id)
+        assert done["status"] == "completed" and done["ttl"] >= 1000
+        with anyio.fail_after(10):  # then gone about a second after it ended
+            while True:
+                try:
+                    await peer.call("tasks/get", {"taskId": task_id})
+                except RpcError as err:
+                    assert err.code == -32602
+                    break
+                await anyio.sleep(0.1)
