@@ -50,6 +50,18 @@ class Handle:
         return f"session://{self.backend}/{self.native_id}/messages"
 
 
+def count_position(after: str | None) -> int | None:
+    """A backend-native position that counts messages (``None`` is the start, 0); None when ``after``
+    is not a non-negative integer. Backends raise their own error for that."""
+    if after is None:
+        return 0
+    try:
+        n = int(after)
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
 def parse_handle(session_id: str, known: list[str]) -> Handle:
     """Parse ``backend:native``; unknown shapes and disabled backends are unknown sessions."""
     backend, sep, native = (session_id or "").strip().partition(":")

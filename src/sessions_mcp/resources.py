@@ -45,13 +45,8 @@ async def _load(service: SessionService, backend: str, native_id: str) -> tuple[
 def register_resources(mcp: MCPServer, service: SessionService) -> None:
     """Add the transcript, messages and index resources."""
 
-    @mcp.resource(
-        "session://{backend}/{native_id}/transcript",
-        name="transcript",
-        title="Session transcript",
-        description="The session's transcript as Markdown.",
-        mime_type="text/markdown",
-    )
+    @mcp.resource("session://{backend}/{native_id}/transcript", name="transcript", title="Session transcript",
+                  description="The session's transcript as Markdown.", mime_type="text/markdown")  # fmt: skip
     async def transcript(backend: str, native_id: str) -> str:
         session, messages, more = await _load(service, backend, native_id)
         text = transcript_markdown(session, messages)
@@ -59,13 +54,8 @@ def register_resources(mcp: MCPServer, service: SessionService) -> None:
             text += f"\n_… longer transcript: read on with list_messages(session_id={session.id!r}, after=…)._\n"
         return text
 
-    @mcp.resource(
-        "session://{backend}/{native_id}/messages",
-        name="messages",
-        title="Session messages",
-        description="The session and its messages as JSON.",
-        mime_type="application/json",
-    )
+    @mcp.resource("session://{backend}/{native_id}/messages", name="messages", title="Session messages",
+                  description="The session and its messages as JSON.", mime_type="application/json")  # fmt: skip
     async def messages(backend: str, native_id: str) -> str:
         session, msgs, more = await _load(service, backend, native_id)
         return json.dumps(

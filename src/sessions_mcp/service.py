@@ -7,23 +7,35 @@ stored in the shared store. It sees only neutral models.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import BaseModel, Field
 
 from .backends.base import CreateRequest, SessionBackend, SessionQuery
-from .errors import IdempotencyConflict, InvalidArgument, Unsupported
+from .errors import InvalidArgument, Unsupported
+from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
-from .models import BackendInfo, Message, Role, Session, SessionRecord, Status, StoredMessage, TextPart
+from .models import BackendInfo, Role, Session, Status, StoredMessage
+from .paging import fit, public_session
+from .results import CreateSessionResult, DeleteResult, ListMessagesResult, ListSessionsResult, SendMessageResult
 from .store.base import Store
+
+__all__ = [
+    "DEFAULT_MAX_CHARS",
+    "FINAL_READ_GRACE_S",
+    "HEARTBEAT_S",
+    "CreateSessionResult",
+    "DeleteResult",
+    "ListMessagesResult",
+    "ListSessionsResult",
+    "SendMessageResult",
+    "SessionService",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +52,6 @@ DeferWait = Callable[[str, Any, int], Awaitable[None]]
 """Called with ``(principal, first_result, max_chars)`` instead of waiting for the agent."""
 defer_wait: ContextVar[DeferWait | None] = ContextVar("sessions_mcp_defer_wait", default=None)
 """Set by the MCP tasks layer: a call that would wait stores a task instead and returns at once."""
-
-
-class CreateSessionResult(BaseModel):
-    """What ``create_session`` returns."""
-
-    session: Session
-    messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
-    cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
-    status: Status
-    replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
-
-
-class SendMessageResult(BaseModel):
-    """What ``send_message`` returns."""
-
-    message_id: str
-    session: Session
-    messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
-    cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
-    status: Status
-    replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
-
-
-class ListMessagesResult(BaseModel):
-    """A page of messages."""
-
-    messages: list[Message]
-    next_cursor: str = Field(description="Pass as `after` next time; stays put on an empty page.")
-    has_more: bool
-    status: Status
-
-
-class ListSessionsResult(BaseModel):
-    """A page of sessions."""
-
-    sessions: list[Session]
-    next_cursor: str | None = None
-
-
-class DeleteResult(BaseModel):
-    """What ``delete_session`` returns."""
-
-    deleted: Literal[True] = True
-    session_id: str
 
 
 def _check_text(text: str, what: str = "text") -> str:
@@ -171,113 +139,8 @@ class SessionService:
             raise InvalidArgument(f"unknown backend {name!r}; enabled backends: {', '.join(self.backends)}")
         return self.backends[name]
 
-    @staticmethod
-    def session(backend: str, rec: SessionRecord) -> Session:
-        """A backend record as the public model."""
-        h = Handle(backend, rec.native_id)
-        return Session(
-            id=str(h),
-            backend=backend,
-            title=rec.title,
-            status=rec.status,
-            error=rec.error,
-            created_at=rec.created_at,
-            updated_at=rec.updated_at,
-            message_count=rec.message_count,
-            transcript_uri=h.transcript_uri,
-            messages_uri=h.messages_uri,
-            model=rec.model,
-            agent=rec.agent,
-        )
-
-    @staticmethod
-    def fit(
-        session_id: str,
-        items: Sequence[StoredMessage],
-        *,
-        start: str | None,
-        offset: int,
-        max_chars: int,
-    ) -> tuple[list[Message], str, bool]:
-        """Cut a run of messages to ``max_chars`` of text.
-
-        Returns the public messages, the cursor after what was returned, and whether
-        anything was held back. A message that does not fit is either left for the next page
-        (when others came before it) or cut, with a cursor that points inside it.
-        """
-        budget = max_chars
-        position = start
-        out: list[Message] = []
-        for i, m in enumerate(items):
-            skip = offset if i == 0 else 0
-            full = m.text
-            rest = full[skip:]
-            if len(rest) <= budget:
-                parts: list[Any] = list(m.parts) if skip == 0 else [TextPart(text=rest)]
-                out.append(
-                    Message(
-                        id=m.id, session_id=session_id, role=m.role, text=rest, parts=parts,
-                        created_at=m.created_at, truncated=skip > 0, cursor=encode_cursor(session_id, m.position),
-                        text_offset=skip, text_length=len(full) if skip else None,
-                    )
-                )  # fmt: skip
-                budget -= len(rest)
-                position = m.position
-                continue
-            if out:
-                return out, encode_cursor(session_id, position), True
-            piece = rest[: max(budget, 1)]
-            resume = encode_cursor(session_id, position, skip + len(piece))
-            out.append(
-                Message(
-                    id=m.id, session_id=session_id, role=m.role, text=piece, parts=[TextPart(text=piece)],
-                    created_at=m.created_at, truncated=True, cursor=resume, text_offset=skip, text_length=len(full),
-                )
-            )  # fmt: skip
-            return out, resume, True
-        return out, encode_cursor(session_id, position, offset if not out else 0), False
-
-    async def _idempotent(
-        self,
-        principal: str,
-        tool: str,
-        key: str | None,
-        params: dict[str, Any],
-        model: type[BaseModel],
-        run: Callable[[str | None], Awaitable[BaseModel]],
-        *,
-        stale_after_s: float,
-    ) -> Any:
-        if key is None:
-            return await run(None)
-        if not key.strip() or len(key) > 200:
-            raise InvalidArgument("idempotency_key must be 1-200 characters")
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-        rec = await self.store.idem_claim(principal, tool, key, digest, stale_after_ms=int(stale_after_s * 1000))
-        if rec is not None:
-            if rec.params_hash != digest:
-                raise IdempotencyConflict(
-                    f"idempotency_key {key!r} was already used for a {tool} call with other parameters; "
-                    "use a new key for a new request"
-                )
-            if rec.state == "done" and rec.result:
-                return model.model_validate_json(rec.result).model_copy(update={"replayed": True})
-            raise IdempotencyConflict(
-                f"a {tool} call with idempotency_key {key!r} is still in progress; retry in a few seconds"
-            )
-        dedupe = hashlib.sha256(f"{principal}\x1f{tool}\x1f{key}".encode()).hexdigest()
-        result: BaseModel | None = None
-        try:
-            with anyio.CancelScope(shield=True):
-                result = await run(dedupe)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.store.idem_release(principal, tool, key)
-            raise
-        assert result is not None
-        with anyio.CancelScope(shield=True):
-            await self.store.idem_complete(principal, tool, key, result.model_dump_json())
-        return result
+    session = staticmethod(public_session)
+    fit = staticmethod(fit)
 
     # --- tools ----------------------------------------------------------------------------
 
@@ -315,42 +178,28 @@ class SessionService:
             params["agent"] = agent
 
         async def write(dedupe: str | None) -> CreateSessionResult:
-            created = await be.create_session(
-                CreateRequest(
-                    principal=principal,
-                    prompt=prompt,
-                    title=title,
-                    model=model,
-                    system=system,
-                    agent=agent,
-                    dedupe_key=dedupe,
-                )
-            )
+            request = CreateRequest(principal=principal, prompt=prompt, title=title, model=model, system=system,
+                                    agent=agent, dedupe_key=dedupe)  # fmt: skip
+            created = await be.create_session(request)
             sid = str(Handle(be.name, created.session.native_id))
             await self._touched(be, created.session.native_id)
-            msgs, cursor, _ = self.fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
+            msgs, cursor, _ = fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
             return CreateSessionResult(
-                session=self.session(be.name, created.session),
+                session=public_session(be.name, created.session),
                 messages=msgs,
                 cursor=cursor,
                 status=created.session.status,
             )
 
-        first: CreateSessionResult = await self._idempotent(
-            principal, "create_session", idempotency_key, params, CreateSessionResult, write,
+        first: CreateSessionResult = await idempotent(
+            self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
             stale_after_s=timeout_s + 120,
         )  # fmt: skip
         if first.replayed or prompt is None:
             return first
         rec = await be.get_session(principal, first.session.id.partition(":")[2])
-        if wait is None:
-            wait = be.agent_attached(rec)
-        if not wait:
-            return first
-        if (defer := defer_wait.get()) is not None:
-            await defer(principal, first, max_chars)
-            return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        attached = be.agent_attached(rec) if wait is None else wait
+        return await self._finish_wait(principal, be, first, attached, timeout_s, max_chars, progress)
 
     async def send_message(
         self,
@@ -387,42 +236,45 @@ class SessionService:
             await self._touched(be, h.native_id)
             rec = await be.get_session(principal, h.native_id)
             sid = str(h)
-            msgs, cursor, _ = self.fit(sid, [msg], start=None, offset=0, max_chars=max_chars)
+            msgs, cursor, _ = fit(sid, [msg], start=None, offset=0, max_chars=max_chars)
             return SendMessageResult(
                 message_id=msg.id,
-                session=self.session(be.name, rec),
+                session=public_session(be.name, rec),
                 messages=msgs,
                 cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1].truncated else cursor,
                 status=rec.status,
             )
 
-        first: SendMessageResult = await self._idempotent(
-            principal, "send_message", idempotency_key, params, SendMessageResult, write,
+        first: SendMessageResult = await idempotent(
+            self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
             stale_after_s=timeout_s + 120,
         )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
-        if wait is None:
-            wait = be.agent_attached(await be.get_session(principal, h.native_id))
-        if not wait:
-            return first
-        if (defer := defer_wait.get()) is not None:
-            await defer(principal, first, max_chars)
-            return first
-        return await self._finish_wait(principal, be, first, first.cursor, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, wait, timeout_s, max_chars, progress)
 
     async def _finish_wait(
         self,
         principal: str,
         be: SessionBackend,
         first: Any,
-        cursor: str,
+        wait: bool | None,
         timeout_s: float,
         max_chars: int,
         progress: Progress | None,
     ) -> Any:
+        """Wait for the turn the write started and add its replies to ``first`` (when ``wait``;
+        None: when an agent is attached)."""
         sid: str = first.session.id
         native = sid.partition(":")[2]
+        if wait is None:
+            wait = be.agent_attached(await be.get_session(principal, native))
+        if not wait:
+            return first
+        if (defer := defer_wait.get()) is not None:
+            await defer(principal, first, max_chars)
+            return first
+        cursor: str = first.cursor
         position, _ = decode_cursor(sid, cursor)
         deadline = time.monotonic() + timeout_s
         replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
@@ -456,13 +308,15 @@ class SessionService:
         native = sid.partition(":")[2]
         position, _ = decode_cursor(sid, cursor)
         budget = max(max_chars - sum(len(m.text) for m in first.messages), 1)
-        more, next_cursor, _ = self.fit(sid, replies, start=position, offset=0, max_chars=budget)
+        more, next_cursor, _ = fit(sid, replies, start=position, offset=0, max_chars=budget)
         if deadline is None:
             rec = await be.get_session(principal, native)
         else:
             # a healthy backend answers in milliseconds; a hung one must not hold the call past its timeout
             rec = await bounded(deadline + FINAL_READ_GRACE_S, lambda: be.get_session(principal, native))
-        session = self.session(be.name, rec) if rec is not None else first.session.model_copy(update={"status": status})
+        session = (
+            public_session(be.name, rec) if rec is not None else first.session.model_copy(update={"status": status})
+        )
         return first.model_copy(
             update={
                 "messages": [*first.messages, *more],
@@ -571,7 +425,7 @@ class SessionService:
                     if read is None:
                         break  # the wait is over; what was read before stands
                     page = read
-        msgs, next_cursor, cut = self.fit(sid, page.items, start=position, offset=offset, max_chars=max_chars)
+        msgs, next_cursor, cut = fit(sid, page.items, start=position, offset=offset, max_chars=max_chars)
         if not msgs and after:
             next_cursor = after
         return ListMessagesResult(
@@ -581,7 +435,7 @@ class SessionService:
     async def get_session(self, principal: str, session_id: str) -> Session:
         """One session."""
         h, be = self.handle(session_id)
-        return self.session(be.name, await be.get_session(principal, h.native_id))
+        return public_session(be.name, await be.get_session(principal, h.native_id))
 
     async def list_sessions(
         self,
@@ -613,7 +467,7 @@ class SessionService:
                     cursor=token if isinstance(token, str) else None, limit=limit,
                 )
             )  # fmt: skip
-            sessions.extend(self.session(name, r) for r in page.items)
+            sessions.extend(public_session(name, r) for r in page.items)
             if page.next_cursor:
                 next_state[name] = page.next_cursor
         sessions.sort(key=lambda s: s.updated_at, reverse=True)
@@ -630,7 +484,7 @@ class SessionService:
             raise Unsupported(be.name, "rename sessions")
         rec = await be.rename_session(principal, h.native_id, title.strip())
         await self._touched(be, h.native_id)
-        return self.session(be.name, rec)
+        return public_session(be.name, rec)
 
     async def interrupt_session(self, principal: str, session_id: str) -> Session:
         """Stop the current turn."""
@@ -641,7 +495,7 @@ class SessionService:
             await self.before_interrupt(principal, str(h))
         rec = await be.interrupt_session(principal, h.native_id)
         await self._touched(be, h.native_id)
-        return self.session(be.name, rec)
+        return public_session(be.name, rec)
 
     async def delete_session(self, principal: str, session_id: str) -> DeleteResult:
         """Delete a session."""

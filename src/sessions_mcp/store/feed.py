@@ -107,6 +107,9 @@ class ChangeFeed:
     async def publish(self, change: Change) -> None:
         """Announce a change made by this process."""
         self._fire(change.session_id)
+        await self._tell_listeners(change)
+
+    async def _tell_listeners(self, change: Change) -> None:
         for listener in list(self._listeners):
             try:
                 await listener(change)
@@ -149,11 +152,7 @@ class ChangeFeed:
                 if change.writer == self.store.writer_id:
                     continue  # published already when we wrote it
                 self._fire(change.session_id)
-                for listener in list(self._listeners):
-                    try:
-                        await listener(change)
-                    except Exception:
-                        log.exception("change listener failed")
+                await self._tell_listeners(change)
             if len(changes) < 1000:
                 break
         if time.monotonic() - self._last_prune > 600:

@@ -10,11 +10,10 @@ Same guarantees as :mod:`.sqlite`, with these mechanisms:
 - **Ordering**: a message's seq is allocated by ``UPDATE sessions SET last_seq = last_seq + 1
   ... RETURNING``; the row lock is held until commit, so concurrent writers from any number of
   replicas get gap-free, unique seqs per session.
-- **Migrations** are named like the SQLite ones (same names, PostgreSQL SQL), recorded in
-  ``schema_migrations`` and applied under a transaction-scoped advisory lock, so replicas that
-  start together migrate once.
-- **Change notifications**: every write inserts a ``changes`` row and calls ``pg_notify`` in the
-  same transaction (delivered at commit). One dedicated connection per process ``LISTEN``s and
+- **Migrations** are the shared named list (:mod:`.migrations`, PostgreSQL DDL), applied
+  under a transaction-scoped advisory lock, so replicas that start together migrate once.
+- **Change notifications**: every write inserts a ``changes`` row and, just before its commit,
+  calls ``pg_notify`` in the same transaction (delivered at commit). One dedicated connection per process ``LISTEN``s and
   sets a flag that :meth:`PostgresStore.external_write_seen` returns, so the change feed's
   100 ms follower wakes waiters within one poll of a commit on another replica. While that
   connection is down the check answers True, so the feed falls back to reading the change log,
@@ -26,6 +25,8 @@ Same guarantees as :mod:`.sqlite`, with these mechanisms:
   (or after :data:`GAP_PATIENCE_S`, since ``xmin`` also waits for other applications).
 - **Agent turns** are claimed under the session row lock (exactly one replica wins) with leases
   on the database clock; the **mirror outbox** is leased with ``FOR UPDATE SKIP LOCKED``.
+- The SQL of every concern is shared with SQLite (:mod:`.dialect` translates placeholders and
+  the few spellings that differ); what is here is the engine: pool, listener, retries, errors.
 
 Connecting and waiting for a pooled connection can be cancelled (``doctor`` and waits time
 out); once a transaction has its connection it runs shielded to its end (as SQLite's worker
@@ -39,12 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, LiteralString, TypeVar
+from collections.abc import Sequence
+from typing import Any, LiteralString, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -54,160 +54,23 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import InvalidArgument, SchemaTooNew, StoreBusy, StoreError, StoreUnavailable
-from ..ids import new_message_id, new_native_id
-from ..models import Role, Status
-from .base import (
-    TURN_LOST,
-    Change,
-    IdemRecord,
-    MessageRow,
-    MirrorRow,
-    MirrorStats,
-    SessionRow,
-    Store,
-    claim_is_dead,
-    new_writer_id,
-    now_ms,
-    this_host,
-)
+from ..errors import InvalidArgument, StoreBusy, StoreError, StoreUnavailable
+from .base import Store
+from .changes import CHANGES_AFTER
+from .dialect import Body, Retry, Row, Tx, to_postgres
+from .migrations import POSTGRES_MIGRATIONS, migrate
+from .rows import TURN_LOST, Change, new_writer_id, this_host
+
+__all__ = ["GAP_PATIENCE_S", "POSTGRES_MIGRATIONS", "PostgresStore", "redact_url"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
-POSTGRES_MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "0001_initial",
-        """
-        CREATE TABLE sessions (
-            id            TEXT COLLATE "C" PRIMARY KEY,
-            owner         TEXT COLLATE "C" NOT NULL,
-            title         TEXT,
-            status        TEXT NOT NULL,
-            error         TEXT,
-            model         TEXT,
-            system        TEXT,
-            agent         TEXT,
-            created_at    BIGINT NOT NULL,
-            updated_at    BIGINT NOT NULL,
-            last_seq      BIGINT NOT NULL DEFAULT 0,
-            message_count BIGINT NOT NULL DEFAULT 0,
-            dedupe_key    TEXT UNIQUE
-        );
-        CREATE INDEX sessions_by_owner ON sessions (owner, updated_at DESC, id DESC);
-        CREATE INDEX sessions_by_status ON sessions (status, updated_at DESC);
-
-        CREATE TABLE messages (
-            session_id  TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
-            seq         BIGINT NOT NULL,
-            id          TEXT NOT NULL UNIQUE,
-            role        TEXT NOT NULL,
-            text        TEXT NOT NULL,
-            parts       TEXT NOT NULL,
-            created_at  BIGINT NOT NULL,
-            dedupe_key  TEXT UNIQUE,
-            PRIMARY KEY (session_id, seq)
-        );
-
-        CREATE TABLE changes (
-            seq         BIGSERIAL PRIMARY KEY,
-            session_id  TEXT NOT NULL,
-            owner       TEXT NOT NULL,
-            kind        TEXT NOT NULL,
-            writer      TEXT NOT NULL,
-            at          BIGINT NOT NULL
-        );
-        CREATE INDEX changes_by_at ON changes (at);
-
-        CREATE TABLE idempotency (
-            principal   TEXT NOT NULL,
-            tool        TEXT NOT NULL,
-            key         TEXT NOT NULL,
-            params_hash TEXT NOT NULL,
-            state       TEXT NOT NULL,
-            result      TEXT,
-            created_at  BIGINT NOT NULL,
-            updated_at  BIGINT NOT NULL,
-            PRIMARY KEY (principal, tool, key)
-        );
-        CREATE INDEX idempotency_by_updated ON idempotency (updated_at);
-        """,
-    ),
-    (
-        "0002_agent_turns",
-        # lease_until is in the database's clock (not the replica's), so skewed replicas agree
-        """
-        CREATE TABLE agent_turns (
-            session_id  TEXT COLLATE "C" PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
-            owner       TEXT NOT NULL,
-            done_seq    BIGINT NOT NULL DEFAULT 0,
-            upto_seq    BIGINT NOT NULL DEFAULT 0,
-            runner      TEXT,
-            pid         INTEGER,
-            host        TEXT,
-            lease_until BIGINT NOT NULL DEFAULT 0,
-            started_at  BIGINT
-        );
-        CREATE INDEX agent_turns_by_runner ON agent_turns (runner);
-        """,
-    ),
-    (
-        "0003_mirror_outbox",
-        """
-        CREATE TABLE mirror_outbox (
-            session_id     TEXT COLLATE "C" PRIMARY KEY,
-            owner          TEXT NOT NULL,
-            version        BIGINT NOT NULL DEFAULT 1,
-            synced_version BIGINT NOT NULL DEFAULT 0,
-            created        INTEGER NOT NULL DEFAULT 0,
-            title          TEXT,
-            sent_seq       BIGINT NOT NULL DEFAULT 0,
-            parent         TEXT NOT NULL DEFAULT 'root',
-            attempts       INTEGER NOT NULL DEFAULT 0,
-            next_at        BIGINT NOT NULL DEFAULT 0,
-            lease_until    BIGINT NOT NULL DEFAULT 0,
-            last_error     TEXT,
-            updated_at     BIGINT NOT NULL
-        );
-        CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at);
-        """,
-    ),
-    (
-        "0005_tasks",
-        """
-        CREATE TABLE tasks (
-            id             TEXT COLLATE "C" PRIMARY KEY,
-            owner          TEXT NOT NULL,
-            tool           TEXT NOT NULL,
-            session_id     TEXT NOT NULL,
-            era            TEXT NOT NULL,
-            status         TEXT NOT NULL,
-            status_message TEXT,
-            first          TEXT NOT NULL,
-            max_chars      INTEGER NOT NULL,
-            result         TEXT,
-            error          TEXT,
-            created_at     BIGINT NOT NULL,
-            updated_at     BIGINT NOT NULL,
-            ttl_ms         BIGINT NOT NULL
-        );
-        CREATE INDEX tasks_by_owner ON tasks (owner, created_at DESC, id DESC);
-        CREATE INDEX tasks_by_session ON tasks (session_id, status);
-        """,
-    ),
-]
-"""Named migrations for PostgreSQL; the names match :data:`~.migrations.SQLITE_MIGRATIONS` one to one."""
-
-_SESSION_COLS: LiteralString = (
-    "id, owner, title, status, error, model, system, agent, created_at, updated_at, last_seq, message_count"
-)
-_MESSAGE_COLS: LiteralString = "session_id, seq, id, role, text, parts, created_at"
 _RETRIES = 8
 GAP_PATIENCE_S = 5.0
 """Longest wait for a missing change-log seq whose transaction may still commit."""
-_DB_NOW: LiteralString = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
 def redact_url(url: str) -> str:
@@ -237,33 +100,29 @@ def _password_of(url: str) -> str | None:
     return str(password) if password else None
 
 
-def _session(row: Sequence[Any]) -> SessionRow:
-    return SessionRow(
-        id=row[0],
-        owner=row[1],
-        title=row[2],
-        status=Status(row[3]),
-        error=row[4],
-        model=row[5],
-        system=row[6],
-        agent=row[7],
-        created_at=int(row[8]),
-        updated_at=int(row[9]),
-        last_seq=int(row[10]),
-        message_count=int(row[11]),
-    )
+class _PgTx:
+    """:class:`~.dialect.Tx` on one psycopg connection."""
 
+    __slots__ = ("conn", "notify")
 
-def _message(row: Sequence[Any]) -> MessageRow:
-    return MessageRow(
-        session_id=row[0],
-        seq=int(row[1]),
-        id=row[2],
-        role=row[3],
-        text=row[4],
-        parts=json.loads(row[5]),
-        created_at=int(row[6]),
-    )
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.notify = False
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return (await self.conn.execute(cast(LiteralString, to_postgres(sql)), args)).rowcount
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        return await (await self.conn.execute(cast(LiteralString, to_postgres(sql)), args)).fetchone()
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return await (await self.conn.execute(cast(LiteralString, to_postgres(sql)), args)).fetchall()
+
+    async def script(self, sql: str) -> None:
+        await self.conn.execute(sql.encode())  # several statements: simple query protocol
+
+    def changed(self) -> None:
+        self.notify = True
 
 
 def _no_nul(*texts: str | None) -> None:
@@ -367,10 +226,18 @@ class PostgresStore(Store):
                     schema = (await (await conn.execute("SELECT current_schema()")).fetchone() or ("public",))[0]
                     # one channel per schema, so deployments sharing a database do not wake each other
                     self._channel = "sessions_mcp_" + hashlib.sha256(str(schema).encode()).hexdigest()[:16]
-                    await self._migrate(conn)
+                    async with conn.transaction():
+                        # replicas starting together: the first migrates, the others wait here and find it done
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtext('sessions_mcp.migrate:' || current_schema()))"
+                        )
+                        where = f"the PostgreSQL store {self.location!r}"
+                        await migrate(_PgTx(conn), POSTGRES_MIGRATIONS, where=where, bigint="BIGINT")
                     # a turn whose process died (kill -9, power loss) must not stay "running" forever
                     async with conn.transaction():
-                        await self._recover_turns(conn, this_host(), TURN_LOST)
+                        tx = _PgTx(conn)
+                        await self._recover_turns(tx, this_host(), TURN_LOST)
+                        await self._notify(tx)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.close()
@@ -396,29 +263,6 @@ class PostgresStore(Store):
             self._notified = True
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="sessions-mcp-pg-listen")
             return pool
-
-    async def _migrate(self, conn: Conn) -> None:
-        async with conn.transaction():
-            # replicas starting together: the first migrates, the others wait here and find it done
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sessions_mcp.migrate:' || current_schema()))")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            )
-            applied = {r[0] for r in await (await conn.execute("SELECT name FROM schema_migrations")).fetchall()}
-            known = [name for name, _ in POSTGRES_MIGRATIONS]
-            unknown = sorted(applied - set(known))
-            if unknown:
-                raise SchemaTooNew(
-                    f"the PostgreSQL store {self.location!r} was written by a newer sessions-mcp "
-                    f"(migration {unknown[-1]!r} is unknown to this version); upgrade sessions-mcp "
-                    "or set SESSIONS_MCP_LOCAL__DB to another database"
-                )
-            for name, text in POSTGRES_MIGRATIONS:
-                if name in applied:
-                    continue
-                await conn.execute(text.encode())  # several statements: simple query protocol
-                await conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)", (name, now_ms()))
-                log.info("applied migration %s to %s", name, self.location)
 
     async def open(self) -> None:
         await self._ensure_open()
@@ -464,8 +308,13 @@ class PostgresStore(Store):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool, snapshot: bool = False) -> T:
-        """Run ``fn`` in one transaction, retrying serialization failures and deadlocks.
+    async def _notify(self, tx: _PgTx) -> None:
+        """Wake the other replicas at commit when the transaction logged a change."""
+        if tx.notify:
+            await tx.conn.execute("SELECT pg_notify(%s, %s)", (self._channel, self.writer_id))
+
+    async def _run(self, body: Body[T], *, write: bool, snapshot: bool = False) -> T:
+        """Run ``body`` in one transaction, retrying serialization failures and deadlocks.
 
         Connecting and waiting for a free connection can be cancelled; once a connection is
         ours, the transaction runs shielded to its end (short: one write or one read).
@@ -476,20 +325,28 @@ class PostgresStore(Store):
                 pool = await self._ensure_open()
                 conn = await pool.getconn()
                 with anyio.CancelScope(shield=True):
+                    tx = _PgTx(conn)
                     try:
                         if write:
                             async with conn.transaction():
-                                return await fn(conn)
+                                result = await body(tx)
+                                await self._notify(tx)
+                                return result
                         if snapshot:
                             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                             try:
-                                return await fn(conn)
+                                return await body(tx)
                             finally:
                                 await conn.execute("COMMIT")
-                        return await fn(conn)
+                        return await body(tx)
                     finally:
                         await pool.putconn(conn)
-            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation) as exc:
+            except (
+                pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected,
+                pg_errors.UniqueViolation,
+                Retry,
+            ) as exc:
                 # UniqueViolation: two replicas raced on a dedupe key; the retry finds the winner
                 if attempt == _RETRIES - 1:
                     raise self._explain(exc) from None
@@ -501,342 +358,18 @@ class PostgresStore(Store):
                 raise self._explain(exc) from None
         raise AssertionError("unreachable")
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        return await self._run(fn, write=True)
+    async def _write(self, body: Body[T]) -> T:
+        return await self._run(body, write=True)
 
-    async def _read(self, fn: Callable[[Conn], Awaitable[T]], *, snapshot: bool = False) -> T:
-        return await self._run(fn, write=False, snapshot=snapshot)
+    async def _read(self, body: Body[T], *, consistent: bool = False) -> T:
+        # several statements read one snapshot, as SQLite's read transaction gives
+        return await self._run(body, write=False, snapshot=consistent)
 
-    async def _log_change(self, conn: Conn, session_id: str, owner: str, kind: str) -> None:
-        await conn.execute(
-            "WITH c AS (INSERT INTO changes (session_id, owner, kind, writer, at) VALUES (%s, %s, %s, %s, %s)"
-            " RETURNING seq) SELECT pg_notify(%s, %s) FROM c",
-            (session_id, owner, kind, self.writer_id, now_ms(), self._channel, self.writer_id),
-        )
+    def _check_text(self, *texts: str | None) -> None:
+        _no_nul(*texts)
 
-    # sessions ------------------------------------------------------------------------------
-
-    async def create_session(
-        self,
-        *,
-        owner: str,
-        title: str | None,
-        model: str | None,
-        system: str | None,
-        agent: str | None,
-        status: Status,
-        first_message: tuple[Role, list[dict[str, Any]], str] | None = None,
-        dedupe_key: str | None = None,
-    ) -> tuple[SessionRow, list[MessageRow]]:
-        _no_nul(title, model, system, first_message[2] if first_message else None)
-
-        async def tx(conn: Conn) -> tuple[SessionRow, list[MessageRow]]:
-            if dedupe_key is not None:
-                row = await (
-                    await conn.execute(f"SELECT {_SESSION_COLS} FROM sessions WHERE dedupe_key = %s", (dedupe_key,))
-                ).fetchone()
-                if row is not None:
-                    firsts = await (
-                        await conn.execute(
-                            f"SELECT {_MESSAGE_COLS} FROM messages WHERE session_id = %s AND seq = 1", (row[0],)
-                        )
-                    ).fetchall()
-                    return _session(row), [_message(m) for m in firsts]
-            ts = now_ms()
-            sid = new_native_id()
-            seq = 1 if first_message else 0
-            await conn.execute(
-                "INSERT INTO sessions (id, owner, title, status, model, system, agent, created_at, updated_at,"
-                " last_seq, message_count, dedupe_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (sid, owner, title, status.value, model, system, agent, ts, ts, seq, seq, dedupe_key),
-            )
-            msgs: list[MessageRow] = []
-            if first_message:
-                role, parts, text = first_message
-                mid = new_message_id()
-                await conn.execute(
-                    "INSERT INTO messages (session_id, seq, id, role, text, parts, created_at)"
-                    " VALUES (%s, 1, %s, %s, %s, %s, %s)",
-                    (sid, mid, role, text, json.dumps(parts), ts),
-                )
-                msgs.append(MessageRow(sid, 1, mid, role, text, parts, ts))
-            await self._log_change(conn, sid, owner, "created")
-            session = SessionRow(sid, owner, title, status, None, model, system, agent, ts, ts, seq, seq)
-            return session, msgs
-
-        return await self._write(tx)
-
-    async def get_session(self, owner: str, session_id: str) -> SessionRow | None:
-        async def q(conn: Conn) -> SessionRow | None:
-            row = await (
-                await conn.execute(
-                    f"SELECT {_SESSION_COLS} FROM sessions WHERE id = %s AND owner = %s", (session_id, owner)
-                )
-            ).fetchone()
-            return _session(row) if row else None
-
-        return await self._read(q)
-
-    async def list_sessions(
-        self,
-        owner: str,
-        *,
-        statuses: Sequence[Status] | None,
-        query: str | None,
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> list[SessionRow]:
-        text: list[LiteralString] = [f"SELECT {_SESSION_COLS} FROM sessions WHERE owner = %s"]
-        args: list[Any] = [owner]
-        if statuses:
-            text.append("AND status = ANY(%s)")
-            args.append([s.value for s in statuses])
-        if query:
-            text.append("AND (strpos(lower(coalesce(title, '')), lower(%s)) > 0 OR id = %s)")
-            args.extend([query.replace("\x00", ""), query.replace("\x00", "")])
-        if after is not None:
-            text.append("AND (updated_at < %s OR (updated_at = %s AND id < %s))")
-            args.extend([after[0], after[0], after[1].replace("\x00", "")])
-        text.append("ORDER BY updated_at DESC, id DESC LIMIT %s")
-        args.append(limit)
-        statement = " ".join(text)
-
-        async def q(conn: Conn) -> list[SessionRow]:
-            return [_session(r) for r in await (await conn.execute(statement, args)).fetchall()]
-
-        return await self._read(q)
-
-    async def update_session(
-        self,
-        owner: str,
-        session_id: str,
-        *,
-        title: str | None = None,
-        status: Status | None = None,
-        error: str | None = None,
-        clear_error: bool = False,
-    ) -> SessionRow | None:
-        _no_nul(title, error)
-
-        async def tx(conn: Conn) -> SessionRow | None:
-            row = await (
-                await conn.execute(
-                    f"SELECT {_SESSION_COLS} FROM sessions WHERE id = %s AND owner = %s FOR UPDATE",
-                    (session_id, owner),
-                )
-            ).fetchone()
-            if row is None:
-                return None
-            cur = _session(row)
-            new_title = cur.title if title is None else title
-            new_status = cur.status if status is None else status
-            new_error = None if clear_error else (cur.error if error is None else error)
-            if (new_title, new_status, new_error) == (cur.title, cur.status, cur.error):
-                return cur
-            ts = max(now_ms(), cur.updated_at)
-            await conn.execute(
-                "UPDATE sessions SET title = %s, status = %s, error = %s, updated_at = %s WHERE id = %s",
-                (new_title, new_status.value, new_error, ts, session_id),
-            )
-            kind = "renamed" if new_title != cur.title else "status"
-            await self._log_change(conn, session_id, owner, kind)
-            return SessionRow(
-                cur.id, cur.owner, new_title, new_status, new_error, cur.model, cur.system, cur.agent,
-                cur.created_at, ts, cur.last_seq, cur.message_count,
-            )  # fmt: skip
-
-        return await self._write(tx)
-
-    async def delete_session(self, owner: str, session_id: str) -> bool:
-        async def tx(conn: Conn) -> bool:
-            cur = await conn.execute("DELETE FROM sessions WHERE id = %s AND owner = %s", (session_id, owner))
-            if cur.rowcount:
-                await self._log_change(conn, session_id, owner, "deleted")
-            return cur.rowcount > 0
-
-        return await self._write(tx)
-
-    # messages ------------------------------------------------------------------------------
-
-    async def append_message(
-        self,
-        owner: str,
-        session_id: str,
-        *,
-        role: Role,
-        parts: list[dict[str, Any]],
-        text: str,
-        new_status: Status | None,
-        error: str | None = None,
-        dedupe_key: str | None = None,
-        unanswered_after_seq: int | None = None,
-    ) -> tuple[SessionRow, MessageRow] | None:
-        _no_nul(text, error)
-        parts_json = json.dumps(parts)
-
-        async def tx(conn: Conn) -> tuple[SessionRow, MessageRow] | None:
-            if dedupe_key is not None:
-                # lock the session first: two replicas appending with the same key serialize here
-                row = await (
-                    await conn.execute(
-                        f"SELECT {_SESSION_COLS} FROM sessions WHERE id = %s AND owner = %s FOR UPDATE",
-                        (session_id, owner),
-                    )
-                ).fetchone()
-                if row is None:
-                    return None
-                old = await (
-                    await conn.execute(f"SELECT {_MESSAGE_COLS} FROM messages WHERE dedupe_key = %s", (dedupe_key,))
-                ).fetchone()
-                if old is not None:
-                    return _session(row), _message(old)
-            status = new_status
-            if new_status is Status.IDLE and unanswered_after_seq is not None:
-                # lock the session first so a user message committing concurrently is seen or waits
-                locked = await (
-                    await conn.execute(
-                        "SELECT 1 FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
-                    )
-                ).fetchone()
-                if locked is None:
-                    return None
-                newer = await (
-                    await conn.execute(
-                        "SELECT 1 FROM messages WHERE session_id = %s AND seq > %s AND role = 'user' LIMIT 1",
-                        (session_id, unanswered_after_seq),
-                    )
-                ).fetchone()
-                if newer is not None:
-                    status = Status.AWAITING_REPLY
-            # the row lock taken here is held until commit: seqs are unique and gap-free per session
-            row = await (
-                await conn.execute(
-                    "UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1,"
-                    " updated_at = GREATEST(%s, updated_at), status = COALESCE(%s, status),"
-                    " error = CASE WHEN COALESCE(%s, status) = 'failed' THEN %s ELSE NULL END"
-                    f" WHERE id = %s AND owner = %s RETURNING {_SESSION_COLS}",
-                    (
-                        now_ms(),
-                        status.value if status else None,
-                        status.value if status else None,
-                        error,
-                        session_id,
-                        owner,
-                    ),
-                )
-            ).fetchone()
-            if row is None:
-                return None
-            session = _session(row)
-            mid = new_message_id()
-            await conn.execute(
-                "INSERT INTO messages (session_id, seq, id, role, text, parts, created_at, dedupe_key)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (session_id, session.last_seq, mid, role, text, parts_json, session.updated_at, dedupe_key),
-            )
-            await self._log_change(conn, session_id, owner, "message")
-            return session, MessageRow(session_id, session.last_seq, mid, role, text, parts, session.updated_at)
-
-        return await self._write(tx)
-
-    async def list_messages(
-        self,
-        owner: str,
-        session_id: str,
-        *,
-        after_seq: int,
-        limit: int,
-        roles: Sequence[Role] | None = None,
-    ) -> tuple[SessionRow, list[MessageRow], bool] | None:
-        statement = f"SELECT {_MESSAGE_COLS} FROM messages WHERE session_id = %s AND seq > %s"
-        args: list[Any] = [session_id, after_seq]
-        if roles:
-            statement += " AND role = ANY(%s)"
-            args.append(list(roles))
-        statement += " ORDER BY seq LIMIT %s"
-        args.append(limit + 1)
-
-        async def q(conn: Conn) -> tuple[SessionRow, list[MessageRow], bool] | None:
-            row = await (
-                await conn.execute(
-                    f"SELECT {_SESSION_COLS} FROM sessions WHERE id = %s AND owner = %s", (session_id, owner)
-                )
-            ).fetchone()
-            if row is None:
-                return None
-            rows = [_message(r) for r in await (await conn.execute(statement, args)).fetchall()]
-            return _session(row), rows[:limit], len(rows) > limit
-
-        # one snapshot for the session row and its messages, as SQLite's read transaction gives
-        return await self._read(q, snapshot=True)
-
-    # idempotency ----------------------------------------------------------------------------
-
-    async def idem_claim(
-        self, principal: str, tool: str, key: str, params_hash: str, *, stale_after_ms: int
-    ) -> IdemRecord | None:
-        async def tx(conn: Conn) -> IdemRecord | None:
-            ts = now_ms()
-            inserted = await (
-                await conn.execute(
-                    "INSERT INTO idempotency (principal, tool, key, params_hash, state, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                    (principal, tool, key, params_hash, ts, ts),
-                )
-            ).fetchone()
-            if inserted is not None:
-                return None
-            row = await (
-                await conn.execute(
-                    "SELECT params_hash, state, result, updated_at FROM idempotency"
-                    " WHERE principal = %s AND tool = %s AND key = %s FOR UPDATE",
-                    (principal, tool, key),
-                )
-            ).fetchone()
-            if row is None:  # released between our insert attempt and this read: retry the claim
-                raise pg_errors.SerializationFailure("idempotency record vanished")
-            rec = IdemRecord(params_hash=row[0], state=row[1], result=row[2], updated_at=int(row[3]))
-            if rec.state == "pending" and rec.params_hash == params_hash and ts - rec.updated_at > stale_after_ms:
-                await conn.execute(
-                    "UPDATE idempotency SET updated_at = %s WHERE principal = %s AND tool = %s AND key = %s",
-                    (ts, principal, tool, key),
-                )
-                return None
-            return rec
-
-        return await self._write(tx)
-
-    async def idem_complete(self, principal: str, tool: str, key: str, result: str) -> None:
-        _no_nul(result)
-
-        async def tx(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE idempotency SET state = 'done', result = %s, updated_at = %s"
-                " WHERE principal = %s AND tool = %s AND key = %s",
-                (result, now_ms(), principal, tool, key),
-            )
-            # keys live at least 24 h; prune older ones while we are writing anyway
-            await conn.execute("DELETE FROM idempotency WHERE updated_at < %s", (now_ms() - 7 * 86_400_000,))
-
-        await self._write(tx)
-
-    async def idem_release(self, principal: str, tool: str, key: str) -> None:
-        async def tx(conn: Conn) -> None:
-            await conn.execute(
-                "DELETE FROM idempotency WHERE principal = %s AND tool = %s AND key = %s AND state = 'pending'",
-                (principal, tool, key),
-            )
-
-        await self._write(tx)
-
-    # change log -----------------------------------------------------------------------------
-
-    async def last_change(self) -> int:
-        async def q(conn: Conn) -> int:
-            row = await (await conn.execute("SELECT coalesce(max(seq), 0) FROM changes")).fetchone()
-            return int(row[0]) if row else 0
-
-        return await self._read(q)
+    def _clean(self, text: str) -> str:
+        return text.replace("\x00", "")
 
     async def changes_since(self, seq: int, *, limit: int = 1000) -> list[Change]:
         """Changes after ``seq``, oldest first, stopping before a seq that may still commit.
@@ -850,22 +383,15 @@ class PostgresStore(Store):
         its own transaction ends within milliseconds).
         """
 
-        async def q(conn: Conn) -> tuple[list[tuple[Any, ...]], int, int]:
-            rows = await (
-                await conn.execute(
-                    "SELECT seq, session_id, owner, kind, writer FROM changes WHERE seq > %s ORDER BY seq LIMIT %s",
-                    (seq, limit),
-                )
-            ).fetchall()
-            snap = await (
-                await conn.execute(
-                    "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s"
-                )
-            ).fetchone()
+        async def q(tx: Tx) -> tuple[list[Row], int, int]:
+            rows = await tx.all(CHANGES_AFTER, (seq, limit))
+            snap = await tx.one(
+                "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s"
+            )
             assert snap is not None
             return rows, int(snap[0]), int(snap[1])
 
-        rows, xmin, xmax = await self._read(q, snapshot=True)
+        rows, xmin, xmax = await self._read(q, consistent=True)
         self._gaps = {g: t for g, t in self._gaps.items() if g > seq}
         out: list[Change] = []
         expected = seq + 1
@@ -895,27 +421,15 @@ class PostgresStore(Store):
         self._notified = False
         return seen
 
-    async def prune_changes(self, older_than_ms: int = 3_600_000) -> None:
-        """Drop change-log rows nobody can still need (followers poll every 100 ms)."""
-
-        async def tx(conn: Conn) -> None:
-            await conn.execute("DELETE FROM changes WHERE at < %s", (now_ms() - older_than_ms,))
-
-        await self._write(tx)
-
     # diagnostics ----------------------------------------------------------------------------
 
     async def describe(self) -> dict[str, Any]:
-        async def q(conn: Conn) -> dict[str, Any]:
-            names = [
-                r[0] for r in await (await conn.execute("SELECT name FROM schema_migrations ORDER BY name")).fetchall()
-            ]
-            counts = await (
-                await conn.execute(
-                    "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages),"
-                    " current_setting('server_version'), current_schema(), pg_database_size(current_database())"
-                )
-            ).fetchone()
+        async def q(tx: Tx) -> dict[str, Any]:
+            names = [r[0] for r in await tx.all("SELECT name FROM schema_migrations ORDER BY name")]
+            counts = await tx.one(
+                "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages),"
+                " current_setting('server_version'), current_schema(), pg_database_size(current_database())"
+            )
             assert counts is not None
             return {
                 "migrations": names,
@@ -938,274 +452,3 @@ class PostgresStore(Store):
             pool={k: stats[k] for k in ("pool_min", "pool_max", "pool_size", "pool_available") if k in stats},
         )
         return facts
-
-    # agent turns ----------------------------------------------------------------------------
-    #
-    # Lock order everywhere: the sessions row, then its agent_turns row (deadlocks are retried
-    # anyway). The session row lock makes a claim atomic across replicas: of two replicas
-    # claiming the same turn, the second sees the first's live claim and gets False.
-
-    async def turn_claim(
-        self, owner: str, session_id: str, *, upto_seq: int, runner: str, pid: int, host: str, lease_ms: int
-    ) -> bool:
-        async def tx(conn: Conn) -> bool:
-            known = await (
-                await conn.execute(
-                    f"SELECT {_DB_NOW} FROM sessions WHERE id = %s AND owner = %s FOR UPDATE", (session_id, owner)
-                )
-            ).fetchone()
-            if known is None:
-                return False
-            ts = int(known[0])
-            row = await (
-                await conn.execute(
-                    "SELECT done_seq, runner, pid, host, lease_until FROM agent_turns WHERE session_id = %s FOR UPDATE",
-                    (session_id,),
-                )
-            ).fetchone()
-            if row is not None:
-                done_seq, holder, claim_pid, claim_host, lease_until = row
-                if holder is not None and not claim_is_dead(
-                    claim_host=claim_host, claim_pid=claim_pid, lease_until=int(lease_until), host=host, now=ts
-                ):
-                    return False
-                if int(done_seq) >= upto_seq:
-                    return False
-            await conn.execute(
-                "INSERT INTO agent_turns (session_id, owner, upto_seq, runner, pid, host, lease_until, started_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id) DO UPDATE SET"
-                " upto_seq = excluded.upto_seq, runner = excluded.runner, pid = excluded.pid, host = excluded.host,"
-                " lease_until = excluded.lease_until, started_at = excluded.started_at",
-                (session_id, owner, upto_seq, runner, pid, host, ts + lease_ms, now_ms()),
-            )
-            return True
-
-        return await self._write(tx)
-
-    async def turn_heartbeat(self, runner: str, session_ids: Sequence[str], *, lease_ms: int) -> list[str]:
-        ids = list(session_ids)
-        if not ids:
-            return []
-
-        async def tx(conn: Conn) -> list[str]:
-            await conn.execute(
-                f"UPDATE agent_turns SET lease_until = {_DB_NOW} + %s WHERE runner = %s AND session_id = ANY(%s)",
-                (lease_ms, runner, ids),
-            )
-            rows = await (
-                await conn.execute(
-                    "SELECT t.session_id FROM agent_turns t JOIN sessions s ON s.id = t.session_id"
-                    " WHERE t.runner = %s AND s.status = %s AND t.session_id = ANY(%s)",
-                    (runner, Status.RUNNING.value, ids),
-                )
-            ).fetchall()
-            return [r[0] for r in rows]
-
-        return await self._write(tx)
-
-    async def turn_release(self, session_id: str, *, runner: str) -> int:
-        async def tx(conn: Conn) -> int:
-            await conn.execute(
-                "UPDATE agent_turns SET done_seq = GREATEST(done_seq, upto_seq), runner = NULL, pid = NULL,"
-                " host = NULL, lease_until = 0 WHERE session_id = %s AND runner = %s",
-                (session_id, runner),
-            )
-            row = await (
-                await conn.execute(
-                    "SELECT max(seq) FROM messages WHERE session_id = %s AND role = 'user'", (session_id,)
-                )
-            ).fetchone()
-            return int(row[0] or 0) if row else 0
-
-        return await self._write(tx)
-
-    async def _recover_turns(self, conn: Conn, host: str, error: str) -> list[tuple[str, str]]:
-        now_row = await (await conn.execute(f"SELECT {_DB_NOW}")).fetchone()
-        ts = int(now_row[0]) if now_row else now_ms()
-        candidates = await (
-            await conn.execute(
-                "SELECT session_id, owner, pid, host, lease_until FROM agent_turns WHERE runner IS NOT NULL"
-            )
-        ).fetchall()
-        failed: list[tuple[str, str]] = []
-        for session_id, owner, claim_pid, claim_host, lease_until in candidates:
-            if not claim_is_dead(
-                claim_host=claim_host, claim_pid=claim_pid, lease_until=int(lease_until), host=host, now=ts
-            ):
-                continue
-            # lock in the usual order, then check again: the holder may have renewed meanwhile
-            status = await (
-                await conn.execute("SELECT status FROM sessions WHERE id = %s FOR UPDATE", (session_id,))
-            ).fetchone()
-            again = await (
-                await conn.execute(
-                    "SELECT pid, host, lease_until FROM agent_turns WHERE session_id = %s AND runner IS NOT NULL"
-                    " FOR UPDATE",
-                    (session_id,),
-                )
-            ).fetchone()
-            if again is None or not claim_is_dead(
-                claim_host=again[1], claim_pid=again[0], lease_until=int(again[2]), host=host, now=ts
-            ):
-                continue
-            await conn.execute(
-                "UPDATE agent_turns SET done_seq = GREATEST(done_seq, upto_seq), runner = NULL, pid = NULL,"
-                " host = NULL, lease_until = 0 WHERE session_id = %s",
-                (session_id,),
-            )
-            if status is None or status[0] != Status.RUNNING.value:
-                continue
-            await conn.execute(
-                "UPDATE sessions SET status = %s, error = %s, updated_at = GREATEST(updated_at, %s) WHERE id = %s",
-                (Status.FAILED.value, error, now_ms(), session_id),
-            )
-            await self._log_change(conn, session_id, owner, "status")
-            failed.append((session_id, owner))
-            log.warning("agent turn of local session %s was cut off by a dead process; marked failed", session_id)
-        return failed
-
-    async def turn_recover(self, *, host: str, error: str) -> list[tuple[str, str]]:
-        return await self._write(lambda conn: self._recover_turns(conn, host, error))
-
-    async def turn_orphans(self, *, agents: Sequence[str], older_than_ms: int) -> list[tuple[str, str]]:
-        names = list(agents)
-        if not names:
-            return []
-
-        async def q(conn: Conn) -> list[tuple[str, str]]:
-            rows = await (
-                await conn.execute(
-                    "SELECT s.id, s.owner FROM sessions s LEFT JOIN agent_turns t ON t.session_id = s.id"
-                    " WHERE s.status = %s AND s.agent = ANY(%s) AND s.updated_at < %s"
-                    " AND (t.session_id IS NULL OR (t.runner IS NULL AND t.done_seq < (SELECT max(m.seq)"
-                    " FROM messages m WHERE m.session_id = s.id AND m.role = 'user'))) LIMIT 100",
-                    (Status.RUNNING.value, names, now_ms() - older_than_ms),
-                )
-            ).fetchall()
-            return [(r[0], r[1]) for r in rows]
-
-        return await self._read(q)
-
-    # web-app mirror outbox --------------------------------------------------------------------
-    #
-    # Several replicas drain one outbox: a claim leases rows with FOR UPDATE SKIP LOCKED, so two
-    # replicas claiming at once get disjoint rows and never wait for each other.
-
-    async def mirror_enqueue(self, session_id: str, owner: str) -> None:
-        ts = now_ms()
-
-        async def tx(conn: Conn) -> None:
-            await conn.execute(
-                "INSERT INTO mirror_outbox (session_id, owner, next_at, updated_at) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (session_id) DO UPDATE SET version = mirror_outbox.version + 1,"
-                " updated_at = excluded.updated_at,"
-                " next_at = CASE WHEN mirror_outbox.attempts = 0 THEN excluded.next_at ELSE mirror_outbox.next_at END",
-                (session_id, owner, ts, ts),
-            )
-
-        await self._write(tx)
-
-    async def mirror_claim(self, *, lease_ms: int, limit: int = 20) -> list[MirrorRow]:
-        ts = now_ms()
-
-        async def tx(conn: Conn) -> list[MirrorRow]:
-            rows = await (
-                await conn.execute(
-                    "UPDATE mirror_outbox SET lease_until = %s WHERE session_id IN ("
-                    " SELECT session_id FROM mirror_outbox WHERE version > synced_version AND next_at <= %s"
-                    " AND lease_until < %s ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                    " RETURNING session_id, owner, version, created, title, sent_seq, parent, attempts, last_error,"
-                    " next_at",
-                    (ts + lease_ms, ts, ts, limit),
-                )
-            ).fetchall()
-            rows.sort(key=lambda r: int(r[9]))
-            return [MirrorRow(r[0], r[1], int(r[2]), bool(r[3]), r[4], int(r[5]), r[6], int(r[7]), r[8]) for r in rows]
-
-        return await self._write(tx)
-
-    async def mirror_progress(
-        self,
-        session_id: str,
-        *,
-        created: bool | None = None,
-        title: str | None = None,
-        sent_seq: int | None = None,
-        parent: str | None = None,
-    ) -> None:
-        _no_nul(title, parent)
-        sets: list[LiteralString] = ["updated_at = %s"]
-        args: list[Any] = [now_ms()]
-        if created is not None:
-            sets.append("created = %s")
-            args.append(int(created))
-        if title is not None:
-            sets.append("title = %s")
-            args.append(title)
-        if sent_seq is not None:
-            sets.append("sent_seq = %s")
-            args.append(sent_seq)
-        if parent is not None:
-            sets.append("parent = %s")
-            args.append(parent)
-        statement = f"UPDATE mirror_outbox SET {', '.join(sets)} WHERE session_id = %s"
-
-        async def tx(conn: Conn) -> None:
-            await conn.execute(statement, (*args, session_id))
-
-        await self._write(tx)
-
-    async def mirror_done(self, session_id: str, version: int) -> None:
-        async def tx(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE mirror_outbox SET synced_version = GREATEST(synced_version, %s), attempts = 0,"
-                " last_error = NULL, lease_until = 0, next_at = %s, updated_at = %s WHERE session_id = %s",
-                (version, now_ms(), now_ms(), session_id),
-            )
-
-        await self._write(tx)
-
-    async def mirror_failed(self, session_id: str, error: str, *, retry_at_ms: int) -> None:
-        async def tx(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE mirror_outbox SET attempts = attempts + 1, last_error = %s, next_at = %s, lease_until = 0,"
-                " updated_at = %s WHERE session_id = %s",
-                (error[:1000].replace("\x00", ""), retry_at_ms, now_ms(), session_id),
-            )
-
-        await self._write(tx)
-
-    async def mirror_forget(self, session_id: str) -> None:
-        async def tx(conn: Conn) -> None:
-            await conn.execute("DELETE FROM mirror_outbox WHERE session_id = %s", (session_id,))
-
-        await self._write(tx)
-
-    async def mirror_next_due(self) -> int | None:
-        async def q(conn: Conn) -> int | None:
-            row = await (
-                await conn.execute(
-                    "SELECT min(GREATEST(next_at, lease_until)) FROM mirror_outbox WHERE version > synced_version"
-                )
-            ).fetchone()
-            return None if row is None or row[0] is None else int(row[0])
-
-        return await self._read(q)
-
-    async def mirror_stats(self, *, failed_after: int) -> MirrorStats:
-        async def q(conn: Conn) -> MirrorStats:
-            row = await (
-                await conn.execute(
-                    "SELECT count(*) FILTER (WHERE version > synced_version),"
-                    " count(*) FILTER (WHERE version > synced_version AND attempts >= %s),"
-                    " count(*) FILTER (WHERE version <= synced_version),"
-                    " (SELECT last_error FROM mirror_outbox WHERE last_error IS NOT NULL"
-                    "  ORDER BY updated_at DESC LIMIT 1)"
-                    " FROM mirror_outbox",
-                    (failed_after,),
-                )
-            ).fetchone()
-            assert row is not None
-            return MirrorStats(int(row[0]), int(row[1]), int(row[2]), row[3])
-
-        return await self._read(q)

@@ -1,7 +1,7 @@
 """MCP tasks in both protocol eras: durable, restart-proof background turns for clients that ask.
 
 - :mod:`.model`: the stored task and its wire shapes;
-- :mod:`.store`: the ``tasks`` table (SQLite and PostgreSQL);
+- :mod:`sessions_mcp.store.tasks`: the ``tasks`` table (SQLite and PostgreSQL);
 - :mod:`.manager`: create, observe, answer, cancel (protocol-neutral);
 - :mod:`.protocol`: the 2026-07-28 extension and the 2025-11-25 middleware;
 - :mod:`.notify`: status pushed over ``subscriptions/listen`` and legacy connections.
@@ -23,9 +23,8 @@ def build_tasks(runtime: Runtime) -> tuple[TaskManager, TasksExtension]:
     """The task manager over the runtime's store and the extension to pass to ``MCPServer``."""
     from .manager import TaskManager
     from .protocol import TasksExtension
-    from .store import task_store_for
 
-    manager = TaskManager(runtime.service, task_store_for(runtime.store))
+    manager = TaskManager(runtime.service, runtime.store)
     runtime.service.before_interrupt = manager.before_interrupt
     return manager, TasksExtension(manager)
 

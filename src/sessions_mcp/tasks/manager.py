@@ -26,9 +26,8 @@ from mcp.types import CallToolResult, TextContent
 
 from ..errors import SessionsError, UnknownSession
 from ..models import Status
-from ..store.base import now_ms
-from .model import POLL_INTERVAL_MS, TTL_MS, Era, TaskGone, TaskRow, TaskView, as_dict, new_task_id
-from .store import TaskStore
+from ..store.base import Store, now_ms
+from .model import POLL_INTERVAL_MS, TTL_MS, Era, StoredStatus, TaskGone, TaskRow, TaskView, as_dict, new_task_id
 
 if TYPE_CHECKING:
     from ..service import SessionService
@@ -55,7 +54,7 @@ def _render(tool: str, composed: Any) -> CallToolResult:
 
 
 def _result_model(tool: str) -> Any:
-    from ..service import CreateSessionResult, SendMessageResult
+    from ..results import CreateSessionResult, SendMessageResult
 
     return CreateSessionResult if tool == "create_session" else SendMessageResult
 
@@ -96,7 +95,7 @@ class TaskManager:
     """The tasks of every principal, over one :class:`TaskStore` shared by all processes."""
 
     service: SessionService
-    store: TaskStore
+    store: Store
     _subs: dict[object, _Sub] = field(default_factory=dict[object, _Sub])
     _following: set[str] = field(default_factory=set[str])
     _tg: TaskGroup | None = None
@@ -111,7 +110,7 @@ class TaskManager:
     async def _prune_forever(self) -> None:
         while True:
             try:
-                pruned = await self.store.prune()
+                pruned = await self.store.task_prune()
                 if pruned:
                     log.info("pruned %d expired task(s)", pruned)
             except Exception:
@@ -132,7 +131,7 @@ class TaskManager:
             max_chars=max_chars, result=None, error=None, created_at=now, updated_at=now,
             ttl_ms=ttl_ms or TTL_MS,
         )  # fmt: skip
-        await self.store.create(row)
+        await self.store.task_create(row)
         self.follow(row)
         return TaskView(row, "working", row.status_message, now)
 
@@ -148,14 +147,14 @@ class TaskManager:
             status_message="the call ended without waiting for an agent", first="{}", max_chars=0,
             result=_dump(result), error=None, created_at=now, updated_at=now, ttl_ms=ttl_ms or TTL_MS,
         )  # fmt: skip
-        await self.store.create(row)
+        await self.store.task_create(row)
         return self._terminal(row)
 
     # --- reading --------------------------------------------------------------------------
 
     async def get(self, owner: str, task_id: str) -> TaskView | None:
         """The task as it stands now (recording its end when the turn has ended), or None."""
-        row = await self.store.get(owner, task_id)
+        row = await self.store.task_get(owner, task_id)
         return None if row is None else await self.observe(row)
 
     def _terminal(self, row: TaskRow) -> TaskView:
@@ -188,13 +187,13 @@ class TaskManager:
         return TaskView(row, "working", f"the agent is working in session {row.session_id}", updated)
 
     async def _finish(
-        self, row: TaskRow, status: str, message: str, *, result: str | None = None, error: str | None = None
+        self, row: TaskRow, status: StoredStatus, message: str, *, result: str | None = None, error: str | None = None
     ) -> TaskView:
-        done = await self.store.finish(
+        done = await self.store.task_finish(
             row.id, status=status, status_message=message, result=result, error=error, keep_ms=row.ttl_ms
         )
         if done is None:  # another process (or call) recorded the end first: theirs stands
-            again = await self.store.get(row.owner, row.id)
+            again = await self.store.task_get(row.owner, row.id)
             if again is None or not again.terminal:
                 raise TaskGone(row.id)
             done = again
@@ -204,11 +203,11 @@ class TaskManager:
 
     async def list(self, owner: str, *, after: tuple[int, str] | None, limit: int) -> list[TaskView]:
         """The owner's tasks, newest first (states derived as for :meth:`get`)."""
-        return [await self.observe(r) for r in await self.store.list(owner, after=after, limit=limit)]
+        return [await self.observe(r) for r in await self.store.task_list(owner, after=after, limit=limit)]
 
     async def wait(self, owner: str, task_id: str) -> TaskView | None:
         """Block until the task has ended (however long the turn takes); None when unknown."""
-        row = await self.store.get(owner, task_id)
+        row = await self.store.task_get(owner, task_id)
         if row is None:
             return None
         view = await self.observe(row)
@@ -217,7 +216,7 @@ class TaskManager:
         h, be = self.service.handle(row.session_id)
         async with be.watch(owner, h.native_id) as watch:
             while True:
-                row = await self.store.get(owner, task_id)
+                row = await self.store.task_get(owner, task_id)
                 if row is None:
                     return None
                 view = await self.observe(row)
@@ -241,7 +240,7 @@ class TaskManager:
 
     async def before_interrupt(self, owner: str, session_id: str) -> None:
         """``interrupt_session`` is about to end this session's turn: its tasks end ``cancelled``."""
-        for row in await self.store.working_for_session(owner, session_id):
+        for row in await self.store.task_working(owner, session_id):
             view = await self.observe(row)  # a turn that already ended keeps its result
             if not view.row.terminal:
                 await self._finish(view.row, "cancelled", "the turn was interrupted (interrupt_session)")
@@ -300,7 +299,7 @@ class TaskManager:
             last: tuple[str, tuple[str, ...]] | None = None
             async with be.watch(row.owner, h.native_id) as watch:
                 while True:
-                    current = await self.store.get(row.owner, row.id)
+                    current = await self.store.task_get(row.owner, row.id)
                     if current is None:
                         return
                     view = await self.observe(current)

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from ..store.tasks import TERMINAL, StoredStatus, TaskRow
+
+__all__ = ["TERMINAL", "StoredStatus", "TaskRow"]
+
 EXTENSION_ID = "io.modelcontextprotocol/tasks"
 SESSION_META_KEY = "io.github.sessions-mcp/session_id"
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
@@ -25,11 +29,8 @@ POLL_INTERVAL_MS = 1500
 TASK_TOOLS = ("create_session", "send_message")
 """The tools whose waiting calls may become tasks."""
 
-StoredStatus = Literal["working", "completed", "failed", "cancelled"]
-"""What the store records; ``input_required`` is read live from the session."""
 WireStatus = Literal["working", "input_required", "completed", "failed", "cancelled"]
 Era = Literal["2026", "2025"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class TaskGone(LookupError):
@@ -49,39 +50,6 @@ def new_task_id() -> str:
 def iso(ms: int) -> str:
     """Unix milliseconds as an ISO 8601 UTC timestamp."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRow:
-    """One stored task: a waiting ``create_session``/``send_message`` call answered later."""
-
-    id: str
-    owner: str
-    tool: str
-    session_id: str
-    era: Era
-    status: StoredStatus
-    status_message: str | None
-    first: str
-    """JSON of the call's result right after the user message was stored (before any reply)."""
-    max_chars: int
-    result: str | None
-    """JSON of the ``CallToolResult`` the waiting call would have returned (once completed)."""
-    error: str | None
-    """JSON of the JSON-RPC error of a failed call."""
-    created_at: int
-    updated_at: int
-    ttl_ms: int
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the task has ended (it never changes again)."""
-        return self.status in TERMINAL
-
-    @property
-    def expires_at(self) -> int:
-        """When a finished task stops being answered (Unix ms)."""
-        return self.created_at + self.ttl_ms
 
 
 @dataclass(frozen=True, slots=True)

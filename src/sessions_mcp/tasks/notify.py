@@ -107,7 +107,7 @@ async def _serve(
     if subscription_id is None:
         raise MCPError(code=INVALID_PARAMS, message="subscriptions/listen requires a request id")
     owner = current_principal()
-    rows = [row for t in dict.fromkeys(requested) if (row := await manager.store.get(owner, t)) is not None]
+    rows = [row for t in dict.fromkeys(requested) if (row := await manager.store.task_get(owner, t)) is not None]
     honored = _honored(params.notifications, [r.id for r in rows])
     uris = frozenset(honored.resource_subscriptions or ())
     meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}

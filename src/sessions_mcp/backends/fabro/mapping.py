@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ...errors import BadCursor
+from ...ids import count_position
 from ...models import Part, RawPart, StoredMessage, TextPart, ToolCallPart, ToolResultPart
 from .wire import AssistantTurn, ToolTurn, Turn, UnknownTurn, UserTurn
 
@@ -61,12 +62,7 @@ def turns_to_messages(fabro_id: str, turns: Sequence[Turn], fallback_time: datet
 
 def parse_position(after: str | None) -> int:
     """A position (a count of neutral messages) from a cursor; raises :class:`BadCursor`."""
-    if after is None:
-        return 0
-    try:
-        n = int(after)
-    except ValueError:
-        raise BadCursor("not a Fabro position") from None
-    if n < 0:
+    n = count_position(after)
+    if n is None:
         raise BadCursor("not a Fabro position")
     return n

@@ -355,17 +355,17 @@ class FactoryBackend(SessionBackend):
                       "create a new key at https://app.factory.ai/settings/api-keys and set FACTORY_API_KEY"),
                 Check("factory: API", "ok", f"{base} answers"),
             ]  # fmt: skip
-        except (Unavailable, TimeoutError) as exc:
+        except (Unavailable, TimeoutError, SessionsError, ConfigError) as exc:
+            silent = isinstance(exc, Unavailable | TimeoutError)
+            found, advice = (
+                (f"is not reachable: {exc}", "and the network")
+                if silent
+                else (f"answered unexpectedly: {exc}", "points at the Factory API")
+            )
             return [
-                Check("factory: API key", "warn", "FACTORY_API_KEY is set (not verified: the API did not answer)"),
-                Check("factory: API", "fail", f"{base} is not reachable: {exc}",
-                      "check SESSIONS_MCP_FACTORY__BASE_URL and the network"),
-            ]  # fmt: skip
-        except (SessionsError, ConfigError) as exc:
-            return [
-                Check("factory: API key", "warn", "FACTORY_API_KEY is set (not verified)"),
-                Check("factory: API", "fail", f"{base} answered unexpectedly: {exc}",
-                      "check SESSIONS_MCP_FACTORY__BASE_URL points at the Factory API"),
+                Check("factory: API key", "warn",
+                      "FACTORY_API_KEY is set (not verified" + (": the API did not answer)" if silent else ")")),
+                Check("factory: API", "fail", f"{base} {found}", f"check SESSIONS_MCP_FACTORY__BASE_URL {advice}"),
             ]  # fmt: skip
         return [
             Check("factory: API key", "ok", "FACTORY_API_KEY is set and accepted"),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from anyio.abc import TaskGroup
 
 from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...ids import count_position
 from ...models import Capabilities, MessagePage, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
@@ -85,13 +86,8 @@ def _stored(row: MessageRow) -> StoredMessage:
 
 
 def _position(after: str | None) -> int:
-    if after is None:
-        return 0
-    try:
-        seq = int(after)
-    except ValueError:
-        raise InvalidArgument("bad cursor: pass a cursor returned by this server") from None
-    if seq < 0:
+    seq = count_position(after)
+    if seq is None:
         raise InvalidArgument("bad cursor: pass a cursor returned by this server")
     return seq
 

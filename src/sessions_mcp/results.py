@@ -1,0 +1,52 @@
+"""What the session tools return (the models their ``outputSchema`` is generated from)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .models import Message, Session, Status
+
+
+class WriteResult(BaseModel):
+    """What the write tools have in common: the session after the write, the messages, where to read on."""
+
+    session: Session
+    messages: list[Message] = Field(description="The message the call wrote, then replies that arrived.")
+    cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
+    status: Status
+    replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
+
+
+class CreateSessionResult(WriteResult):
+    """What ``create_session`` returns."""
+
+
+class SendMessageResult(WriteResult):
+    """What ``send_message`` returns."""
+
+    message_id: str
+
+
+class ListMessagesResult(BaseModel):
+    """A page of messages."""
+
+    messages: list[Message]
+    next_cursor: str = Field(description="Pass as `after` next time; stays put on an empty page.")
+    has_more: bool
+    status: Status
+
+
+class ListSessionsResult(BaseModel):
+    """A page of sessions."""
+
+    sessions: list[Session]
+    next_cursor: str | None = None
+
+
+class DeleteResult(BaseModel):
+    """What ``delete_session`` returns."""
+
+    deleted: Literal[True] = True
+    session_id: str
