@@ -208,19 +208,13 @@ class TaskManager:
     async def wait(self, owner: str, task_id: str) -> TaskView | None:
         """Block until the task has ended (however long the turn takes); None when unknown."""
         row = await self.store.task_get(owner, task_id)
-        if row is None:
-            return None
-        view = await self.observe(row)
-        if view.row.terminal:
-            return view
+        if row is None or row.terminal:
+            return None if row is None else self._terminal(row)
         h, be = self.service.handle(row.session_id)
-        async with be.watch(owner, h.native_id) as watch:
+        async with be.watch(owner, h.native_id) as watch:  # entered first: no change is missed
             while True:
-                row = await self.store.task_get(owner, task_id)
-                if row is None:
-                    return None
-                view = await self.observe(row)
-                if view.row.terminal:
+                view = await self.get(owner, task_id)
+                if view is None or view.row.terminal:
                     return view
                 await watch.next(FOLLOW_WAKE_S)
 
