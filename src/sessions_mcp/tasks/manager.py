@@ -63,14 +63,14 @@ def input_requests(pending: Any) -> dict[str, Any]:
     """The ``inputRequests`` of a session's pending request: one form elicitation, one field."""
     options = list(getattr(pending, "options", None) or [])
     if getattr(pending, "kind", "question") == "permission" and options:
+        # a titled single-select enum of the option ids (the same form the elicitation of a waiting call uses)
         answer: dict[str, Any] = {
             "type": "string",
-            "title": "Choice",
-            "enum": [o.id for o in options],
-            "enumNames": [o.label for o in options],
+            "title": "Your answer",
+            "oneOf": [{"const": o.id, "title": o.label} for o in options],
         }
     else:
-        answer = {"type": "string", "title": "Answer"}
+        answer = {"type": "string", "title": "Your answer"}
     return {
         str(pending.id): {
             "method": "elicitation/create",
