@@ -14,6 +14,7 @@ fi
 if [ -x scripts/setup-node-tools.sh ] || [ -f scripts/setup-node-tools.sh ]; then
   bash scripts/setup-node-tools.sh
 fi
+bash scripts/setup-clis.sh       # the coding-agent CLIs the host tests drive, pinned, into .tools/clis
 bash scripts/setup-postgres.sh  # a PostgreSQL on 127.0.0.1:5432, or initdb for a private one
 
 echo "== ruff"
@@ -24,4 +25,5 @@ echo "== pyright"
 echo "== bench smoke"
 .venv/bin/python bench/run.py --smoke --out "${TMPDIR:-/tmp}/sessions-mcp-bench-smoke.json"
 echo "== pytest"
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers by default (this is sized for a 2-core machine); SESSIONS_MCP_TEST_WORKERS=0 runs serially.
+exec .venv/bin/python -m pytest -q -n "${SESSIONS_MCP_TEST_WORKERS:-2}" "$@"

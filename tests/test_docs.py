@@ -32,7 +32,20 @@ SCHEMA_PATH = ROOT / "tests" / "data" / "server.schema.json"
 SCHEMA_URL = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
 # sha256 of the registry's published 2025-12-11 schema; the vendored copy must be that file, byte for byte
 SCHEMA_SHA256 = "3fba09590c99f61735d234822279f4223fab9e300c0a81e81c91ab62a4114de0"
-CLIENTS = ["claude-desktop", "claude-code", "cursor", "vscode", "codex", "windsurf"]
+CLIENTS = [
+    "claude-desktop",
+    "claude-code",
+    "cursor",
+    "vscode",
+    "codex",
+    "windsurf",
+    "gemini",
+    "qwen",
+    "copilot",
+    "droid",
+]
+ADD_COMMANDS = {"claude", "codex", "gemini", "qwen", "copilot", "droid"}
+ADD_OPTIONS_WITH_VALUE = {"--scope", "-s", "--transport", "-t", "--type", "-e", "--env", "--header", "-H"}
 LOCAL_BINARY = "/ABSOLUTE/PATH/TO/sessions-mcp/.venv/bin/sessions-mcp"
 
 
@@ -202,11 +215,31 @@ def _server_entry(name: str, lang: str, code: str) -> dict[str, Any]:
     if lang == "toml":
         return tomllib.loads(code)["mcp_servers"]["sessions"]
     assert lang == "bash"
+    return add_command_entry(code)
+
+
+def add_command_entry(code: str) -> dict[str, Any]:
+    """What a host's one-line ``<cli> mcp add`` command configures: name, command and args (or url)."""
     argv = shlex.split(code)
-    assert argv[:3] == ["claude", "mcp", "add"]
-    command = argv[argv.index("--") + 1 :]
-    assert "sessions" in argv[3 : argv.index("--")]
-    return {"command": command[0], "args": command[1:]}
+    assert argv[0] in ADD_COMMANDS and argv[1:3] == ["mcp", "add"], code
+    rest = argv[3:]
+    command: list[str] = []
+    if "--" in rest:
+        command = rest[rest.index("--") + 1 :]
+        rest = rest[: rest.index("--")]
+    positional: list[str] = []
+    skip = False
+    for word in rest:
+        if skip:
+            skip = False
+        elif word in ADD_OPTIONS_WITH_VALUE or word in ("--url", "--bearer-token-env-var"):
+            skip = True
+        elif not word.startswith("-"):
+            positional.append(word)
+    name, *tail = positional
+    assert name == "sessions", code
+    command = command or tail
+    return {"command": command[0], "args": command[1:]} if command else {"url": argv[argv.index("--url") + 1]}
 
 
 @pytest.mark.parametrize("name", [c for client in CLIENTS for c in (client, f"{client}-local")])
@@ -255,6 +288,7 @@ def test_readme_links_point_at_files() -> None:
         "http-and-auth",
         "troubleshooting",
         "tasks",
+        "clients",
     ):
         assert f"(docs/{page}.md)" in README, page
 

@@ -39,12 +39,17 @@ def populate(settings: Settings) -> str:
 
 
 def line(output: str, component: str) -> str:
-    """The table line of one check (with its fix line, if any)."""
+    """The table line of one check with its wrapped continuation and fix lines, white space folded
+    (wrapping depends on the width and on how long the temporary paths are)."""
     lines = output.splitlines()
     for i, text in enumerate(lines):
         if text[6:].startswith(component + " ") or text[6:].rstrip() == component:
-            following = [t for t in lines[i + 1 : i + 4] if t.startswith(" " * 8)]
-            return "\n".join([text, *following])
+            following: list[str] = []
+            for t in lines[i + 1 :]:
+                if not t.startswith(" " * 8):
+                    break
+                following.append(t)
+            return " ".join(" ".join([text, *following]).split())
     raise AssertionError(f"no {component!r} line in:\n{output}")
 
 

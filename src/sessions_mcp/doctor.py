@@ -114,10 +114,11 @@ async def backend_checks(name: str, settings: Settings, store: Store) -> list[Ch
 
 async def collect(settings: Settings) -> list[Check]:
     """Every check, in the order they are printed."""
+    from .hosts import host_checks
     from .store import create_store
     from .views import with_progress
 
-    checks = config_checks(settings)
+    checks = config_checks(settings) + host_checks()
     checks += await with_progress("checking the local store", lambda: store_checks(settings))
     store = create_store(settings.local)
     for name in settings.backends:

@@ -43,6 +43,11 @@ MaxChars = Annotated[
         description="Upper bound on the total message text returned; the rest is reachable by cursor.",
     ),
 ]
+MAX_CALL_WAIT_S = 170.0
+"""No call waits longer than this, whatever timeout_s or wait_s asks: droid ends every tool call
+after 180 s and sends no progress token that could extend it, Copilot CLI does the same without
+progress (docs/clients.md). Returning earlier loses nothing: the result says running / nothing new
+and carries the cursor to call again."""
 IdemKey = Annotated[
     str | None,
     Field(description="Optional key: repeating a call with the same key returns the first result, creating nothing."),
@@ -184,6 +189,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         list_messages(after=cursor, wait_s=…). 'awaiting_reply' means no agent is attached and
         another client must answer with send_message(role='assistant').
         """
+        timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
@@ -227,6 +233,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         """
         if role not in ("user", "assistant"):
             raise ToolError("role must be 'user' or 'assistant'")
+        timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
             idempotency_key=idempotency_key,
@@ -260,6 +267,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         Feed next_cursor back as `after` to read only what is new. Long messages are cut at
         max_chars and continue on the next page.
         """
+        wait_s = min(wait_s, MAX_CALL_WAIT_S)
         r = await service.list_messages(
             current_principal(), session_id=session_id, after=after, limit=limit, roles=roles, wait_s=wait_s,
             max_chars=max_chars, progress=_progress(ctx),
