@@ -132,7 +132,6 @@ class TaskManager:
             ttl_ms=ttl_ms or TTL_MS,
         )  # fmt: skip
         await self.store.task_create(row)
-        self.follow(row)
         return TaskView(row, "working", row.status_message, now)
 
     async def create_finished(
@@ -280,8 +279,12 @@ class TaskManager:
                 except Exception:
                     log.debug("a task listener failed", exc_info=True)
 
+    def _watched(self, task_id: str) -> bool:
+        return any(task_id in sub.task_ids for sub in self._subs.values())
+
     def follow(self, row: TaskRow) -> None:
-        """Watch a working task's session in the background and publish each status change."""
+        """Watch a working task's session in the background and publish each status change,
+        while anybody subscribes to it (nobody polls a session for a task nobody listens to)."""
         if self._tg is None or row.terminal or row.id in self._following:
             return
         self._following.add(row.id)
@@ -301,7 +304,7 @@ class TaskManager:
                     if state != last and not view.row.terminal:
                         await self.publish(view)  # terminal states are published when recorded
                     last = state
-                    if view.row.terminal:
+                    if view.row.terminal or not self._watched(row.id):
                         return
                     await watch.next(FOLLOW_WAKE_S)
         except Exception:

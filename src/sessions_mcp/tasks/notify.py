@@ -170,3 +170,4 @@ def notify_legacy(manager: TaskManager, ctx: ServerRequestContext[Any, Any], vie
             unsubscribe()
 
     unsubscribe = manager.subscribe(view.row.owner, frozenset({view.row.id}), send)
+    manager.follow(view.row)
