@@ -92,7 +92,7 @@ class _Sub:
 
 @dataclass
 class TaskManager:
-    """The tasks of every principal, over one :class:`TaskStore` shared by all processes."""
+    """The tasks of every principal, in the store every server process on the database shares."""
 
     service: SessionService
     store: Store

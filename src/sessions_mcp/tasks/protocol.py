@@ -80,8 +80,8 @@ class _Deferral:
 def _unknown(task_id: str) -> MCPError:
     return MCPError(
         code=INVALID_PARAMS,
-        message=f"Failed to retrieve task: Task not found ({task_id!r} is unknown or expired; tasks are kept 24 h "
-        "after they end)",
+        message=f"Failed to retrieve task: Task not found ({task_id!r} is unknown, or ended longer ago than its "
+        "ttl, 24 h unless the client asked for less)",
     )
 
 
