@@ -187,3 +187,15 @@ async def test_task_status_is_pushed_on_subscriptions_listen(tmp_path: Path) -> 
     # bob asked for alice's task: not honoured, nothing of it sent
     assert theirs[0]["params"]["notifications"]["taskIds"] == []
     assert not [m for m in theirs if m.get("method") == "notifications/tasks"]
+
+
+async def test_listening_for_tasks_needs_the_extension(server: tuple[ServerProcess, Path]) -> None:
+    proc, _ = server
+    async with http_peer(f"{proc.url}/mcp", MODERN, tasks=False, token=ALICE) as peer:
+        with pytest.raises(RpcError) as err:
+            await peer.call("subscriptions/listen", {"notifications": {"taskIds": ["task_x"]}})
+        assert err.value.code == -32021
+        assert err.value.data == {"requiredCapabilities": {"extensions": {EXT: {}}}}
+        with pytest.raises(RpcError) as err:
+            await peer.call("subscriptions/listen", {"notifications": {"taskIds": "task_x"}}, tasks=True)
+        assert err.value.code == -32602
