@@ -204,17 +204,27 @@ class TaskManager:
         """The owner's tasks, newest first (states derived as for :meth:`get`)."""
         return [await self.observe(r) for r in await self.store.task_list(owner, after=after, limit=limit)]
 
-    async def wait(self, owner: str, task_id: str) -> TaskView | None:
-        """Block until the task has ended (however long the turn takes); None when unknown."""
+    async def wait(self, owner: str, task_id: str, *, on_input: Listener | None = None) -> TaskView | None:
+        """Block until the task has ended (however long the turn takes); None when unknown.
+
+        ``on_input`` is called once per request the agent asks while the task waits for input
+        (the 2025-11-25 ``tasks/result`` relays it to the client as an elicitation).
+        """
         row = await self.store.task_get(owner, task_id)
         if row is None or row.terminal:
             return None if row is None else self._terminal(row)
         h, be = self.service.handle(row.session_id)
+        asked: set[str] = set()
         async with be.watch(owner, h.native_id) as watch:  # entered first: no change is missed
             while True:
                 view = await self.get(owner, task_id)
                 if view is None or view.row.terminal:
                     return view
+                new = set(view.input_requests) - asked
+                if on_input is not None and new:
+                    asked |= new
+                    await on_input(view)
+                    continue
                 await watch.next(FOLLOW_WAKE_S)
 
     # --- changing -------------------------------------------------------------------------

@@ -24,19 +24,26 @@ from typing import Any, cast
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.extension import Extension, MethodBinding
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     CallToolRequestParams,
     CallToolResult,
+    ClientCapabilities,
+    ElicitationCapability,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
     PaginatedRequestParams,
     RequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ConfigDict, Field
 
+from ..errors import SessionsError
 from ..principal import current_principal
 from ..service import defer_wait
 from .era import LEGACY_VERSION, declared, is_modern, legacy_view, require_extension
@@ -101,6 +108,37 @@ def _legacy_result(view: TaskView) -> dict[str, Any]:
     meta[RELATED_TASK_META_KEY] = {"taskId": view.row.id}
     out["_meta"] = meta
     return out
+
+
+async def _elicit(ctx: ServerRequestContext[Any, Any], manager: TaskManager, principal: str, view: TaskView) -> None:
+    """2025-11-25: ask the client of a blocked ``tasks/result`` what the agent asks (SEP-1686's flow).
+
+    Sent as ``elicitation/create`` on the ``tasks/result`` request, tagged with the task; an
+    accepted answer acts like ``send_message``. Without elicitation (or a back channel) nothing is
+    asked: the task stays ``input_required`` and ``send_message`` answers it.
+    """
+    if not ctx.session.check_client_capability(ClientCapabilities(elicitation=ElicitationCapability())):
+        return
+    for key, request in view.input_requests.items():
+        params = as_dict(as_dict(request).get("params"))
+        elicit = ElicitRequest(
+            params=ElicitRequestFormParams(
+                message=str(params.get("message", "")),
+                requested_schema=cast(Any, params.get("requestedSchema") or {}),
+                _meta={RELATED_TASK_META_KEY: {"taskId": view.row.id}},
+            )
+        )
+        try:
+            answer = await ctx.session.send_request(
+                elicit, ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+            )
+        except (NoBackChannelError, MCPError) as exc:
+            log.info("task %s: the client was not asked (%s); send_message answers it", view.row.id, exc)
+            return
+        try:
+            await manager.answer(principal, view.row.id, {key: answer.model_dump(by_alias=True, mode="json")})
+        except SessionsError as exc:  # e.g. an answer that is none of the options: ask nothing more
+            log.info("task %s: the client's answer was not taken: %s", view.row.id, exc)
 
 
 def _cursor(after: tuple[int, str]) -> str:
@@ -174,8 +212,6 @@ class TasksExtension(Extension):
     async def update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> dict[str, Any]:
         """``tasks/update``: answer the pending request like ``send_message`` would."""
         require_extension(ctx)
-        from ..errors import SessionsError
-
         try:
             known = await self.manager.answer(current_principal(), params.task_id, params.input_responses)
         except TaskGone:
@@ -189,8 +225,13 @@ class TasksExtension(Extension):
     async def result(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
         """``tasks/result`` (2025-11-25): block until the task ends, then what the call would have returned."""
         await self._view(ctx, params.task_id)
+        principal = current_principal()
+
+        async def relay(view: TaskView) -> None:
+            await _elicit(ctx, self.manager, principal, view)
+
         try:
-            view = await self.manager.wait(current_principal(), params.task_id)
+            view = await self.manager.wait(principal, params.task_id, on_input=relay)
         except TaskGone:
             view = None
         if view is None:
