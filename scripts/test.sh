@@ -15,6 +15,7 @@ if [ -x scripts/setup-node-tools.sh ] || [ -f scripts/setup-node-tools.sh ]; the
   bash scripts/setup-node-tools.sh
 fi
 bash scripts/setup-clis.sh       # the coding-agent CLIs the host tests drive, pinned, into .tools/clis
+bash scripts/setup-browser.sh   # Debian chromium + playwright-core + web/node_modules for the view tests
 bash scripts/setup-postgres.sh  # a PostgreSQL on 127.0.0.1:5432, or initdb for a private one
 
 echo "== ruff"

@@ -105,6 +105,7 @@ def instructions(service: SessionService) -> str:
 
 def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kwargs: Any) -> MCPServer:
     """The MCP server for these settings (not yet running)."""
+    from .apps import session_view
     from .prompts import register_prompts
     from .resources import register_resources
     from .subscriptions import Notifier
@@ -114,7 +115,7 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     rt = runtime or Runtime(settings)
     notifier = Notifier(rt)
     tasks, tasks_extension = build_tasks(rt)
-    extensions = [tasks_extension, *mcp_kwargs.pop("extensions", ())]
+    extensions = [tasks_extension, session_view(), *mcp_kwargs.pop("extensions", ())]
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncGenerator[Runtime, None]:

@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
 from .models import Role, Session, Status
@@ -153,6 +154,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="create_session",
+        meta=TOOL_META,
         title="Create session",
         annotations=ann(read_only=False, destructive=False, idempotent=False),
     )
@@ -198,6 +200,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="send_message",
+        meta=TOOL_META,
         title="Send message",
         annotations=ann(read_only=False, destructive=False, idempotent=False),
     )
@@ -277,6 +280,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
 
     @mcp.tool(
         name="get_session",
+        meta=TOOL_META,
         title="Get session",
         annotations=ann(read_only=True, destructive=False, idempotent=True),
     )

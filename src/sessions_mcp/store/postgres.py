@@ -177,7 +177,9 @@ class PostgresStore(Store):
                 f"{where}: no database connection became free within {self.pool_timeout_s:g}s "
                 "(the server is overloaded or unreachable); retry"
             )
-        if isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected | pg_errors.LockNotAvailable):
+        if isinstance(
+            exc, Retry | pg_errors.SerializationFailure | pg_errors.DeadlockDetected | pg_errors.LockNotAvailable
+        ):
             return StoreBusy(f"{where} stayed contended after retrying ({msg}); retry")
         if isinstance(exc, pg_errors.InsufficientPrivilege):
             return StoreUnavailable(
