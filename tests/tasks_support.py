@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,9 @@ class StdioPeer(Peer):
         self.answers: dict[int, dict[str, Any]] = {}
         self.notes: list[dict[str, Any]] = []
         self.noted = anyio.Event()
+        self.requests: list[dict[str, Any]] = []
+        self.on_request: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None
+        """Answers requests from the server (None: a -32601 error)."""
 
     async def read(self) -> None:
         assert self.proc.stdout is not None
@@ -150,7 +153,12 @@ class StdioPeer(Peer):
                 if not line.strip():
                     continue
                 msg = json.loads(line)
-                if "id" in msg and ("result" in msg or "error" in msg):
+                if "method" in msg and "id" in msg:  # a request from the server (elicitation)
+                    self.requests.append(msg)
+                    answer = await self.on_request(msg) if self.on_request else None
+                    reply = {"result": answer} if answer is not None else {"error": {"code": -32601, "message": "no"}}
+                    await self.write({"jsonrpc": "2.0", "id": msg["id"], **reply})
+                elif "id" in msg and ("result" in msg or "error" in msg):
                     self.answers[msg["id"]] = msg
                     if (ev := self.waiting.pop(msg["id"], None)) is not None:
                         ev.set()
@@ -182,9 +190,10 @@ class StdioPeer(Peer):
 
 @asynccontextmanager
 async def stdio_peer(
-    db: Path, era: str, *, tasks: bool = True, env: dict[str, str] | None = None
+    db: Path, era: str, *, tasks: bool = True, env: dict[str, str] | None = None, elicitation: bool = False
 ) -> AsyncIterator[StdioPeer]:
-    """Start the real server over stdio; for ``LEGACY`` do the handshake (declaring tasks when ``tasks``)."""
+    """Start the real server over stdio; for ``LEGACY`` do the handshake (declaring tasks when ``tasks``,
+    elicitation when ``elicitation``)."""
     proc = await anyio.open_process(server_command(), env=server_env(db, **(env or {})), stderr=None)
     peer = StdioPeer(proc, era, tasks)
     try:
@@ -192,6 +201,8 @@ async def stdio_peer(
             tg.start_soon(peer.read)
             if era == LEGACY:
                 caps: dict[str, Any] = {"tasks": {"list": {}, "cancel": {}}} if tasks else {}
+                if elicitation:
+                    caps["elicitation"] = {"form": {}}
                 init = await peer.call(
                     "initialize",
                     {"protocolVersion": LEGACY, "capabilities": caps, "clientInfo": {"name": "raw", "version": "0"}},
