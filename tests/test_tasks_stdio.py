@@ -314,3 +314,20 @@ async def test_a_2025_client_may_ask_for_a_short_ttl(tmp_path: Path, box: Path) 
                     assert err.code == -32602
                     break
                 await anyio.sleep(0.1)
+
+
+async def test_tasks_list_pages_through_the_callers_tasks(tmp_path: Path, box: Path) -> None:
+    async with stdio_peer(tmp_path / "s.db", LEGACY, env=agent_env(box)) as peer:
+        made = [
+            (await peer.tool("create_session", task={}, prompt=f"hi {i}", wait=False))["task"]["taskId"]
+            for i in range(52)
+        ]
+        first = await peer.call("tasks/list", {})
+        assert len(first["tasks"]) == 50 and first["nextCursor"]
+        second = await peer.call("tasks/list", {"cursor": first["nextCursor"]})
+        assert "nextCursor" not in second
+        listed = [t["taskId"] for t in first["tasks"] + second["tasks"]]
+        assert sorted(listed) == sorted(made) and len(set(listed)) == 52
+        with pytest.raises(RpcError) as err:
+            await peer.call("tasks/list", {"cursor": "not-a-cursor"})
+        assert err.value.code == -32602
