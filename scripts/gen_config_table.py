@@ -83,6 +83,8 @@ class Setting:
     secret: bool
     choices: list[str] | None
     section: str
+    templated: bool = False
+    """Part of a named table (``[agents.<name>]``): README only, server.json lists literal names."""
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -125,7 +127,7 @@ def settings_list() -> list[Setting]:
 
     out: list[Setting] = []
 
-    def leaf(key: str, env: str, field: FieldInfo, section: str) -> None:
+    def leaf(key: str, env: str, field: FieldInfo, section: str, templated: bool = False) -> None:
         kind, choices = _kind(field.annotation)
         out.append(
             Setting(
@@ -138,6 +140,7 @@ def settings_list() -> list[Setting]:
                 secret=kind == "secret",
                 choices=choices,
                 section=section,
+                templated=templated,
             )
         )
 
@@ -146,6 +149,11 @@ def settings_list() -> list[Setting]:
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             for sub, subfield in inner.model_fields.items():
                 leaf(f"{name}.{sub}", f"{PREFIX}{name.upper()}__{sub.upper()}", subfield, name)
+        elif get_origin(inner) is dict:
+            model = get_args(inner)[1]  # dict[str, Model]: one table per name, e.g. [agents.<name>]
+            for sub, subfield in model.model_fields.items():
+                env = f"{PREFIX}{name.upper()}__<NAME>__{sub.upper()}"
+                leaf(f"{name}.<name>.{sub}", env, subfield, name, templated=True)
         else:
             leaf(name, f"{PREFIX}{name.upper()}", field, "")
     return out
@@ -157,6 +165,8 @@ def _section_title(section: str) -> str:
     if not section:
         return "General"
     model = Settings.model_fields[section].annotation
+    if get_origin(model) is dict:
+        model = get_args(model)[1]
     doc = (getattr(model, "__doc__", "") or "").strip().splitlines()
     return f"`{section}`: {doc[0].rstrip('.')}" if doc else f"`{section}`"
 
@@ -175,6 +185,8 @@ def render_table() -> str:
         if s.section != current:
             current = s.section
             where = f"TOML table `[{s.section}]`" if s.section else "top level of the TOML file"
+            if s.templated:
+                where = f"TOML tables `[{s.section}.<name>]`"
             lines += [
                 "",
                 f"**{_section_title(s.section)}** ({where})",
@@ -198,6 +210,8 @@ def env_vars() -> list[dict[str, Any]]:
     """``environmentVariables`` for server.json: every setting, none required (zero config works)."""
     out: list[dict[str, Any]] = []
     for s in settings_list():
+        if s.templated:
+            continue
         names = [s.alias, s.env] if s.alias else [s.env]
         for name in names:
             item: dict[str, Any] = {

@@ -248,6 +248,12 @@ class Script:
                     return Action("call", tool=search.name, namespace=search.namespace,
                                   args={"query": f"select:{deferred}"})  # fmt: skip
             if name is None:
+                # Not even listed: the server may still be connecting. Claude Code then asks the model
+                # to search by keyword (its ToolSearch waits for connecting servers); older versions
+                # offered a WaitForMcpServers tool.
+                search = turn.tool(SEARCH_TOOLS)
+                if search is not None and not any(s.args.get("query") == wanted[0] for s in searched):
+                    return Action("call", tool=search.name, namespace=search.namespace, args={"query": wanted[0]})
                 waiter = turn.tool(WAIT_TOOLS)
                 waited = any(i.kind == "call" and _matches(i.name, WAIT_TOOLS[0]) for i in turn.items)
                 if waiter is not None and not waited:

@@ -121,6 +121,8 @@ def _expected_env() -> dict[str, bool]:
         if isinstance(model, type) and issubclass(model, BaseModel):
             for sub, subfield in model.model_fields.items():
                 out[f"SESSIONS_MCP_{name.upper()}__{sub.upper()}"] = is_secret(subfield.annotation)
+        elif getattr(model, "__origin__", None) is dict:
+            continue  # named tables ([agents.<name>]): README only, checked by test_named_agent_settings_are_read
         else:
             out[f"SESSIONS_MCP_{name.upper()}"] = is_secret(field.annotation)
     return out
@@ -327,3 +329,15 @@ def test_help_answers_the_common_questions(command: str | None, capsys: pytest.C
         assert "Ctrl-C" in text and "--lines" in text
     if command is None:
         assert "SESSIONS_MCP_LOCAL__DB" in text and "doctor" in text
+
+
+def test_named_agent_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = README.split("<!-- config-table:start -->")[1].split("<!-- config-table:end -->")[0]
+    for key in ("KIND", "COMMAND", "CWD", "MODEL", "PERMISSIONS", "TIMEOUT_S"):
+        assert f"`SESSIONS_MCP_AGENTS__<NAME>__{key}`" in table, key
+    monkeypatch.setenv("SESSIONS_MCP_AGENTS__MY-BOT__KIND", "command")
+    monkeypatch.setenv("SESSIONS_MCP_AGENTS__MY-BOT__COMMAND", "bot --go")
+    monkeypatch.setenv("SESSIONS_MCP_AGENTS__MY-BOT__PERMISSIONS", "deny")
+    monkeypatch.setenv("SESSIONS_MCP_AGENTS__MY-BOT__TIMEOUT_S", "9")
+    bot = load_settings(None).agents["my-bot"]
+    assert (bot.kind, bot.command, bot.permissions, bot.timeout_s) == ("command", "bot --go", "deny", 9)

@@ -229,3 +229,33 @@ def test_a_slow_answer_notices_the_client_hanging_up() -> None:
         sock.close()
         entry = mock.wait_for(lambda e: bool(e.get("hung_up")), timeout=10)
     assert entry["hung_up_after_s"] < 10 and entry["action"]["text"] == "late"
+
+
+def test_a_server_still_connecting_is_searched_for_by_keyword() -> None:
+    script = [Call("create_session", {"prompt": "x"}), Say("done")]
+    note = "The following MCP servers are still connecting: sessions. Call ToolSearch with a keyword."
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": note}]}]
+    tools = [{"name": "ToolSearch", "input_schema": {}}]
+    with MockLLM(script) as mock:
+
+        def next_block() -> dict[str, Any]:
+            return json.loads(post(mock, "/v1/messages", {"messages": msgs, "tools": tools})[1])["content"][0]
+
+        def answer(block: dict[str, Any], result: str) -> None:
+            msgs.extend(
+                [
+                    {"role": "assistant", "content": [block]},
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": block["id"], "content": result}],
+                    },
+                ]
+            )
+
+        first = next_block()
+        assert (first["name"], first["input"]) == ("ToolSearch", {"query": "create_session"})
+        answer(first, '{"type": "tool_reference", "tool_name": "mcp__sessions__create_session"}')
+        second = next_block()
+        assert second["input"] == {"query": "select:mcp__sessions__create_session"}
+        answer(second, "loaded")
+        assert next_block()["name"] == "mcp__sessions__create_session"

@@ -138,3 +138,25 @@ def test_doctor_reports_the_configured_hosts(home: Path, capsys: pytest.CaptureF
     assert gone.level == "warn" and "which is gone" in gone.detail and "setup copilot" in (gone.fix or "")
     main(["doctor"])
     assert "GitHub Copilot CLI" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("host", "relative", "key", "extra"),
+    [
+        ("vscode", "xdg-config/Code/User/mcp.json", "servers", {"type": "stdio"}),
+        ("cursor", "home/.cursor/mcp.json", "mcpServers", {}),
+        ("windsurf", "home/.codeium/windsurf/mcp_config.json", "mcpServers", {}),
+        ("claude-desktop", "xdg-config/Claude/claude_desktop_config.json", "mcpServers", {}),
+    ],
+)
+def test_editors_and_desktop_apps_get_their_own_shape(
+    host: str, relative: str, key: str, extra: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "bin" / "sessions-mcp"
+    binary.parent.mkdir()
+    binary.touch()
+    assert setup(capsys, host, "--command", str(binary))[0] == 0
+    data = json.loads((tmp_path / relative).read_text())  # conftest points XDG_CONFIG_HOME at tmp_path
+    assert data == {key: {"sessions": extra | {"command": str(binary), "args": []}}}
+    [summary] = hosts.host_checks()
+    assert HOSTS[host].label in summary.detail

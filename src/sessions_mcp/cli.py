@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                         epilog="examples:\n  sessions-mcp ls\n  sessions-mcp ls --status awaiting_reply   "
                         "# the mailbox inbox\n  sessions-mcp ls --backends local,factory --backend factory")  # fmt: skip
     ls.add_argument("--backend", help="only this backend (must be enabled: --backends / SESSIONS_MCP_BACKENDS)")
-    ls.add_argument("--status", help="only these statuses, comma list: idle, running, awaiting_reply, failed")
+    ls.add_argument(
+        "--status", help="only these statuses, comma list: idle, running, awaiting_reply, failed, needs_input"
+    )
     ls.add_argument("--query", help="only sessions whose title contains this text")
     ls.add_argument("--limit", type=int, default=20, help="how many sessions (1-200, default 20)")
     ls.add_argument("--principal", default=None, help=principal_help)
@@ -107,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
                       help="how many earlier messages to print first (default 10; 0 for none)")  # fmt: skip
     tail.add_argument("--principal", default=None, help=principal_help)
-    _add_setup_parser(sub)
+    from .hosts import add_setup_parser
+
+    add_setup_parser(sub, _HelpFormatter)
     db = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
@@ -116,32 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("--merge", action="store_true",
                       help="copy into a non-empty target, keeping rows that are already there (e.g. to resume)")  # fmt: skip
     return p
-
-
-def _add_setup_parser(sub: Any) -> None:
-    from .hosts import HOSTS
-
-    setup = sub.add_parser(
-        "setup", formatter_class=_HelpFormatter, help="add sessions-mcp to an MCP host's configuration",
-        description="Add (or update) the 'sessions' server in a host's user configuration file, keeping every "
-        "other setting and server as it is; --print prints the snippet instead. docs/clients.md says how "
-        "each host treats long calls, errors and approvals.",
-        epilog="hosts: " + ", ".join(f"{h.name} ({h.path()})" for h in HOSTS.values()) + "\n\nexamples:\n"
-        "  sessions-mcp setup claude-code\n  sessions-mcp setup codex --print\n"
-        "  sessions-mcp setup gemini --env SESSIONS_MCP_BACKENDS=local,factory\n"
-        "  sessions-mcp setup cursor --url http://127.0.0.1:8765/mcp --token-env SESSIONS_MCP_TOKEN",
-    )  # fmt: skip
-    setup.add_argument("host", choices=list(HOSTS), metavar="HOST", help="one of: " + ", ".join(HOSTS))
-    setup.add_argument("--print", dest="print_only", action="store_true", help="print the snippet, write nothing")
-    setup.add_argument("--name", default="sessions", help="server name in the host (default: sessions)")
-    setup.add_argument("--command", dest="server_command", metavar="PATH",
-                       help="command that starts the server (default: this sessions-mcp)")  # fmt: skip
-    setup.add_argument("--uvx", action="store_true", help="start the published package with 'uvx sessions-mcp'")
-    setup.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
-                       help="a setting for the server (repeatable); keep secrets in your shell instead")  # fmt: skip
-    setup.add_argument("--url", help="connect over streamable HTTP to this URL instead of starting a process")
-    setup.add_argument("--token-env", metavar="VAR",
-                       help="with --url: environment variable the host reads the bearer token from")  # fmt: skip
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,10 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "setup":  # needs no settings: a broken config file must not block it
-            from .hosts import run_setup
+            from .hosts import run_setup_command
 
-            return run_setup(args.host, print_only=args.print_only, name=args.name, command=args.server_command,
-                             uvx=args.uvx, env=args.env, url=args.url, token_env=args.token_env)  # fmt: skip
+            return run_setup_command(args)
         overrides = _overrides(args)
         overrides["_config"] = args.config
         settings = _merge_env(overrides)

@@ -9,6 +9,7 @@ pre-approves tools) were measured with the versions listed in docs/clients.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -478,6 +479,37 @@ def run_setup(
     if host.note:
         print(f"  {host.note}", file=sys.stderr)
     return 0
+
+
+def add_setup_parser(sub: Any, formatter_class: type[argparse.HelpFormatter]) -> None:
+    """Add the ``setup`` command to the ``sessions-mcp`` sub-command parsers."""
+    setup = sub.add_parser(
+        "setup", formatter_class=formatter_class, help="add sessions-mcp to an MCP host's configuration",
+        description="Add (or update) the 'sessions' server in a host's user configuration file, keeping every "
+        "other setting and server as it is; --print prints the snippet instead. docs/clients.md says how "
+        "each host treats long calls, errors and approvals.",
+        epilog="hosts: " + ", ".join(f"{h.name} ({h.path()})" for h in HOSTS.values()) + "\n\nexamples:\n"
+        "  sessions-mcp setup claude-code\n  sessions-mcp setup codex --print\n"
+        "  sessions-mcp setup gemini --env SESSIONS_MCP_BACKENDS=local,factory\n"
+        "  sessions-mcp setup cursor --url http://127.0.0.1:8765/mcp --token-env SESSIONS_MCP_TOKEN",
+    )  # fmt: skip
+    setup.add_argument("host", choices=list(HOSTS), metavar="HOST", help="one of: " + ", ".join(HOSTS))
+    setup.add_argument("--print", dest="print_only", action="store_true", help="print the snippet, write nothing")
+    setup.add_argument("--name", default="sessions", help="server name in the host (default: sessions)")
+    setup.add_argument("--command", dest="server_command", metavar="PATH",
+                       help="command that starts the server (default: this sessions-mcp)")  # fmt: skip
+    setup.add_argument("--uvx", action="store_true", help="start the published package with 'uvx sessions-mcp'")
+    setup.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting for the server (repeatable); keep secrets in your shell instead")  # fmt: skip
+    setup.add_argument("--url", help="connect over streamable HTTP to this URL instead of starting a process")
+    setup.add_argument("--token-env", metavar="VAR",
+                       help="with --url: environment variable the host reads the bearer token from")  # fmt: skip
+
+
+def run_setup_command(args: argparse.Namespace) -> int:
+    """``sessions-mcp setup`` with the parsed arguments of :func:`add_setup_parser`."""
+    return run_setup(args.host, print_only=args.print_only, name=args.name, command=args.server_command,
+                     uvx=args.uvx, env=args.env, url=args.url, token_env=args.token_env)  # fmt: skip
 
 
 def host_checks() -> list[Check]:

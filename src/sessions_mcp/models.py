@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Status(StrEnum):
@@ -25,6 +25,26 @@ class Status(StrEnum):
     """A user message has no reply and no agent is attached: another agent should answer."""
     FAILED = "failed"
     """The last turn failed; ``error`` says why."""
+    NEEDS_INPUT = "needs_input"
+    """The agent asked for a permission or a question and waits (``pending`` says what)."""
+
+
+class PendingOption(BaseModel):
+    """One answer the agent offers to a pending permission request."""
+
+    id: str
+    label: str
+    kind: str
+
+
+class Pending(BaseModel):
+    """What the agent of a ``needs_input`` session waits for; answer it with send_message."""
+
+    id: str
+    kind: Literal["permission", "question"]
+    text: str
+    options: list[PendingOption] | None = None
+    created_at: datetime
 
 
 Role = Literal["user", "assistant", "tool", "system"]
@@ -56,6 +76,8 @@ class ToolCallPart(_Part):
     id: str = ""
     name: str
     input: Any = None
+    title: str | None = None
+    status: str | None = Field(default=None, description="pending, in_progress, completed or failed, when known.")
 
 
 class ToolResultPart(_Part):
@@ -66,6 +88,30 @@ class ToolResultPart(_Part):
     output: str = ""
     is_error: bool = False
     duration_ms: int | None = None
+    status: str | None = Field(default=None, description="completed or failed, when known.")
+    text: str = Field(default="", description="The result as text (the same as output).")
+
+    @model_validator(mode="after")
+    def _same_text(self) -> ToolResultPart:
+        if self.text and not self.output:
+            self.output = self.text
+        elif self.output and not self.text:
+            self.text = self.output
+        return self
+
+
+class PlanEntry(BaseModel):
+    """One step of an agent's plan."""
+
+    text: str
+    status: str = Field(default="pending", description="pending, in_progress or completed.")
+
+
+class PlanPart(_Part):
+    """The agent's plan as it stood at this point of the turn."""
+
+    type: Literal["plan"] = "plan"
+    entries: list[PlanEntry] = Field(default_factory=list[PlanEntry])
 
 
 class AttachmentPart(_Part):
@@ -87,24 +133,26 @@ class RawPart(_Part):
 
 
 Part = Annotated[
-    TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart,
+    TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart | PlanPart,
     Field(discriminator="type"),
 ]
 
 
 def part_text(
-    part: TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart,
+    part: TextPart | ThinkingPart | ToolCallPart | ToolResultPart | AttachmentPart | RawPart | PlanPart,
 ) -> str:
     """The readable text of one part (empty for parts that have none)."""
     match part:
         case TextPart(text=t):
             return t
-        case ToolCallPart(name=n):
-            return f"[tool call: {n}]"
+        case ToolCallPart(name=n, title=t, status=st):
+            return f"[tool call: {t or n}{f' ({st})' if st else ''}]"
         case ToolResultPart(output=o, is_error=e):
             return f"[tool error] {o}" if e else o
         case AttachmentPart(name=n, media_type=m):
             return f"[attachment: {n or m}]"
+        case PlanPart(entries=es):
+            return "[plan]\n" + "\n".join(f"- [{e.status}] {e.text}" for e in es)
         case _:
             return ""
 
@@ -148,6 +196,7 @@ class Session(BaseModel):
     messages_uri: str
     model: str | None = None
     agent: str | None = Field(default=None, description="What answers user turns: 'mailbox', an agent name, or remote.")
+    pending: Pending | None = None
 
 
 # --- what backends return (positions are backend-native, wrapped into opaque cursors by the service)
@@ -180,6 +229,7 @@ class SessionRecord(BaseModel):
     message_count: int = 0
     model: str | None = None
     agent: str | None = None
+    pending: Pending | None = None
     head: str | None = Field(default=None, description="Backend position after the last message, if known.")
 
 

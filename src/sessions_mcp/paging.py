@@ -25,6 +25,7 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
         messages_uri=h.messages_uri,
         model=rec.model,
         agent=rec.agent,
+        pending=rec.pending,
     )
 
 

@@ -24,6 +24,9 @@ How:
    send_message(role='assistant'); poll with list_messages(after=<cursor>, wait_s=60).
 4. To follow up, call send_message(session_id=<id>, text=...). Only interrupt_session stops a turn.
 5. When the status is 'failed', read the session's `error` and decide whether to retry.
+6. If the status is 'needs_input', the agent asks for a permission or an answer (`pending`): ask the
+   person when the choice is theirs, then answer with send_message(session_id=<id>, text=<an option
+   id or label, or the answer>).
 Report the agent's final answer and anything it could not do.
 """
 
@@ -37,8 +40,10 @@ def register_prompts(mcp: MCPServer, service: SessionService) -> None:
         title="Delegate a task to an agent session",
         description=f"Hand a task to an agent session and follow it. Backends: {names}.",
     )
-    def delegate(task: str, backend: str | None = None) -> str:
+    def delegate(task: str, backend: str | None = None, agent: str | None = None) -> str:
         backend_arg = f", backend={backend!r}" if backend else ""
+        if agent:
+            backend_arg += f", agent={agent!r}"
         return DELEGATE.format(task=task, backend_arg=backend_arg)
 
     @mcp.completion()
@@ -47,6 +52,10 @@ def register_prompts(mcp: MCPServer, service: SessionService) -> None:
         value = getattr(argument, "value", "") or ""
         if name == "backend" and isinstance(ref, (PromptReference, ResourceTemplateReference)):
             values = [b for b in service.backends if b.startswith(value)]
+            return Completion(values=values, total=len(values), has_more=False)
+        if name == "agent" and isinstance(ref, PromptReference):
+            agents = service.agents()
+            values = [a["name"] for a in agents if a["available"] and a["name"].startswith(value)]
             return Completion(values=values, total=len(values), has_more=False)
         if name in ("native_id", "session_id") and isinstance(ref, ResourceTemplateReference):
             chosen = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .models import Message, Session, ToolCallPart, ToolResultPart
+from .models import Message, Pending, PlanPart, Session, ToolCallPart, ToolResultPart
 
 _MAX_TOOL_IO = 2000
 
@@ -15,6 +15,17 @@ def session_line(s: Session) -> str:
     title = f' "{s.title}"' if s.title else ""
     err = f" error: {s.error}" if s.error else ""
     return f"{s.id}{title} [{s.status.value}] {s.message_count} messages, updated {s.updated_at.isoformat()}{err}"
+
+
+def pending_text(session_id: str, p: Pending) -> str:
+    """What the agent waits for and how to answer it."""
+    lines = [f"needs input ({p.kind}): {p.text}"]
+    if p.options:
+        lines.append("answer with send_message(session_id=" + repr(session_id) + ", text=<an option id or label>):")
+        lines.extend(f"- {o.id}: {o.label} ({o.kind})" for o in p.options)
+    else:
+        lines.append(f"answer with send_message(session_id={session_id!r}, text=<your answer>)")
+    return "\n".join(lines)
 
 
 def message_block(m: Message) -> str:
@@ -47,11 +58,14 @@ def transcript_markdown(session: Session, messages: Iterable[Message]) -> str:
         lines.append("")
         for part in m.parts:
             if isinstance(part, ToolCallPart):
-                args = json.dumps(part.input, ensure_ascii=False, default=str)
-                lines.append(f"**tool call** `{part.name}` `{args[:_MAX_TOOL_IO]}`")
+                args = json.dumps(part.input, ensure_ascii=False, default=str)[:200].replace("\n", " ")
+                status = f" ({part.status})" if part.status else ""
+                lines.append(f"**tool call** `{part.title or part.name}`{status} `{args}`")
             elif isinstance(part, ToolResultPart):
                 label = "tool error" if part.is_error else "tool result"
                 lines.append(f"**{label}**\n\n```\n{part.output[:_MAX_TOOL_IO]}\n```")
+            elif isinstance(part, PlanPart):
+                lines.append("**plan**\n\n" + "\n".join(f"- [{e.status}] {e.text}" for e in part.entries))
             elif part.type == "text":
                 lines.append(part.text)
             elif part.type == "thinking":

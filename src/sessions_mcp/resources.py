@@ -87,6 +87,7 @@ def register_resources(mcp: MCPServer, service: SessionService) -> None:
             {
                 "backends": [i.model_dump(mode="json") for i in service.infos()],
                 "default_backend": service.default_backend,
+                "agents": service.agents(),
                 "sessions": sessions,
                 **({"error": error} if error else {}),
             }

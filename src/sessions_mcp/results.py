@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .models import Message, Session, Status
+from .models import Message, Pending, Session, Status
 
 
 class WriteResult(BaseModel):
@@ -17,6 +17,7 @@ class WriteResult(BaseModel):
     cursor: str = Field(description="Pass as `after` to list_messages to read what comes next.")
     status: Status
     replayed: bool = Field(default=False, description="True when an idempotency_key returned an earlier result.")
+    pending: Pending | None = None
 
 
 class CreateSessionResult(WriteResult):

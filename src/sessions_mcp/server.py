@@ -100,6 +100,15 @@ def instructions(service: SessionService) -> str:
     for info in service.infos():
         if info.cannot:
             lines.append(f"The {info.name} backend cannot {', '.join(info.cannot)}.")
+    agents = service.agents()
+    if agents:
+        ready = [a["name"] for a in agents if a["available"] and a["name"] != "none"]
+        default = next((a["name"] for a in agents if a["default"]), "none")
+        lines.append(
+            f"Local agents (create_session(agent=...)): {', '.join(ready) or 'none installed'}; default: {default}. "
+            "Status needs_input: the agent asks for a permission or an answer (see `pending`); answer with "
+            "send_message."
+        )
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ stored in the shared store. It sees only neutral models.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ from .backends.base import CreateRequest, SessionBackend, SessionQuery
 from .errors import InvalidArgument, Unsupported
 from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
-from .models import BackendInfo, Role, Session, Status, StoredMessage
+from .models import BackendInfo, Pending, Role, Session, Status, StoredMessage
 from .paging import fit, public_session
 from .results import CreateSessionResult, DeleteResult, ListMessagesResult, ListSessionsResult, SendMessageResult
 from .store.base import Store
@@ -40,6 +41,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], Awaitable[None]]
+Asker = Callable[[Pending], Awaitable[str | None]]
+"""Asks the person at the waiting client (elicitation) what an agent wants; None when they cannot."""
 
 MAX_TEXT = 1_000_000
 """Largest message text accepted (characters)."""
@@ -139,6 +142,12 @@ class SessionService:
             raise InvalidArgument(f"unknown backend {name!r}; enabled backends: {', '.join(self.backends)}")
         return self.backends[name]
 
+    def agents(self) -> list[dict[str, Any]]:
+        """The local backend's agents (for the index, descriptions and completions); [] without it."""
+        local = self.backends.get("local")
+        infos = getattr(local, "agent_infos", None)
+        return infos() if infos is not None else []
+
     session = staticmethod(public_session)
     fit = staticmethod(fit)
 
@@ -159,6 +168,8 @@ class SessionService:
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
         agent: str | None = None,
+        workdir: str | None = None,
+        ask: Asker | None = None,
     ) -> CreateSessionResult:
         """Create a session, optionally send the first prompt and wait for the reply.
 
@@ -172,14 +183,15 @@ class SessionService:
         if system is not None and not be.capabilities.system_prompt:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
-        if agent is not None:
-            if be.name != "local":
-                raise Unsupported(be.name, "choose the agent of a session", "leave agent empty")
-            params["agent"] = agent
+        for key, value in (("agent", agent), ("workdir", workdir)):
+            if value is not None:
+                if be.name != "local":
+                    raise Unsupported(be.name, f"choose the {key} of a session", f"leave {key} empty")
+                params[key] = value
 
         async def write(dedupe: str | None) -> CreateSessionResult:
             request = CreateRequest(principal=principal, prompt=prompt, title=title, model=model, system=system,
-                                    agent=agent, dedupe_key=dedupe)  # fmt: skip
+                                    agent=agent, workdir=workdir, dedupe_key=dedupe)  # fmt: skip
             created = await be.create_session(request)
             sid = str(Handle(be.name, created.session.native_id))
             await self._touched(be, created.session.native_id)
@@ -199,7 +211,7 @@ class SessionService:
             return first
         rec = await be.get_session(principal, first.session.id.partition(":")[2])
         attached = be.agent_attached(rec) if wait is None else wait
-        return await self._finish_wait(principal, be, first, attached, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, attached, timeout_s, max_chars, progress, ask)
 
     async def send_message(
         self,
@@ -214,6 +226,7 @@ class SessionService:
         in_reply_to: str | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
+        ask: Asker | None = None,
     ) -> SendMessageResult:
         """Append a message; for a user message, optionally wait for the reply."""
         h, be = self.handle(session_id)
@@ -251,7 +264,7 @@ class SessionService:
         )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
-        return await self._finish_wait(principal, be, first, wait, timeout_s, max_chars, progress)
+        return await self._finish_wait(principal, be, first, wait, timeout_s, max_chars, progress, ask)
 
     async def _finish_wait(
         self,
@@ -262,6 +275,7 @@ class SessionService:
         timeout_s: float,
         max_chars: int,
         progress: Progress | None,
+        ask: Asker | None = None,
     ) -> Any:
         """Wait for the turn the write started and add its replies to ``first`` (when ``wait``;
         None: when an agent is attached)."""
@@ -277,7 +291,9 @@ class SessionService:
         cursor: str = first.cursor
         position, _ = decode_cursor(sid, cursor)
         deadline = time.monotonic() + timeout_s
-        replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
+        asking = getattr(be, "asking", None)  # the local backend asks a waiting client's person first
+        async with asking(native, ask) if ask is not None and asking is not None else contextlib.nullcontext():
+            replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
         return await self._compose(principal, be, first, cursor, replies, status, max_chars, deadline)
 
     async def turn_state(self, principal: str, first: Any, max_chars: int) -> tuple[Status, Any]:
@@ -323,6 +339,7 @@ class SessionService:
                 "cursor": next_cursor if more else cursor,
                 "status": status,
                 "session": session,
+                "pending": session.pending if status is Status.NEEDS_INPUT else None,
             }
         )
 
@@ -358,7 +375,9 @@ class SessionService:
             page = read
             while True:
                 replies = [m for m in page.items if m.role != "user"]
-                if page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED)):
+                if page.status is Status.NEEDS_INPUT or (
+                    page.status not in WAITING and (replies or page.status in (Status.IDLE, Status.FAILED))
+                ):
                     return page.items, page.status
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

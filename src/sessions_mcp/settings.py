@@ -8,6 +8,7 @@ un-prefixed ``FACTORY_API_KEY`` and ``OPENAI_API_KEY`` are honoured as their ven
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,13 +41,18 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+AGENT_NAME = re.compile(r"[a-z0-9_-]+")
+"""What an agent name may be (``SESSIONS_MCP_AGENTS__<NAME>__...``, ``[agents.<name>]``)."""
+
+
 class LocalSettings(BaseModel):
     """The embedded store and the optional agent that answers its sessions."""
 
     db: str = Field(default="", description="SQLite path, or a postgresql:// URL. Default: the user data dir.")
     busy_timeout_s: float = Field(default=10.0, gt=0, description="How long a write waits for another process's lock.")
-    agent: Literal["none", "command", "openai"] = Field(
-        default="none", description="What answers user turns: none (mailbox), command, openai."
+    agent: str = Field(
+        default="none",
+        description="Default agent of new sessions: none (mailbox), command, openai, a preset or an [agents] name.",
     )
     agent_command: str = Field(default="", description="Command line run per user turn (split without a shell).")
     agent_input: Literal["stdin", "file", "none"] = Field(
@@ -61,10 +67,44 @@ class LocalSettings(BaseModel):
     openai_api_key: SecretStr | None = Field(default=None, description="Also read from OPENAI_API_KEY.")
     openai_system: str = Field(default="", description="System prompt for the openai agent.")
     mirror: Literal["", "factory-app"] = Field(default="", description="Mirror local sessions to the Factory web app.")
+    agent_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str],
+        description="Comma list of folders create_session(workdir=...) may use. Default: the server's working directory.",
+    )
+    max_agents: int = Field(default=4, gt=0, description="Agent processes running at once; more turns queue.")
+    input_timeout_s: float = Field(
+        default=1800.0, gt=0, description="An agent's unanswered permission request or question is rejected after this."
+    )
+
+    _split_roots = field_validator("agent_roots", mode="before")(_split_csv)
+
+    @field_validator("agent")
+    @classmethod
+    def _check_agent(cls, value: str) -> str:
+        value = value.strip().lower() or "none"
+        if not AGENT_NAME.fullmatch(value):
+            raise ValueError(f"agent name {value!r} is not lower-case [a-z0-9_-]+")
+        return value
 
     def db_location(self) -> str:
         """The configured database, or the default path."""
         return self.db or str(default_db_path())
+
+
+class AgentSettings(BaseModel):
+    """One named agent (``SESSIONS_MCP_AGENTS__<NAME>__*`` or ``[agents.<name>]``); overrides a preset."""
+
+    kind: Literal["acp", "command", "openai"] = Field(
+        default="acp", description="acp (Agent Client Protocol over stdio), command (a command line per turn), openai."
+    )
+    command: str = Field(default="", description="Command line (split without a shell); a preset's when empty.")
+    cwd: str = Field(default="", description="Working folder when create_session gives no workdir.")
+    model: str = Field(default="", description="Model the agent uses (ACP: its model option; openai: the model).")
+    permissions: Literal["ask", "allow", "deny"] = Field(
+        default="ask", description="ask: surface permission requests (needs_input); allow/deny: answer each at once."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, description="Time limit of one turn (default: the local one).")
+    base_url: str = Field(default="", description="openai kind: the endpoint including /v1.")
 
 
 class FactorySettings(BaseModel):
@@ -143,6 +183,17 @@ class Settings(BaseSettings):
     factory_app: FactoryAppSettings = Field(default_factory=FactoryAppSettings)
     fabro: FabroSettings = Field(default_factory=FabroSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    agents: dict[str, AgentSettings] = Field(
+        default_factory=dict[str, AgentSettings], description="Named agents of the local backend, by name."
+    )
+
+    @field_validator("agents")
+    @classmethod
+    def _check_agent_names(cls, value: dict[str, AgentSettings]) -> dict[str, AgentSettings]:
+        bad = [name for name in value if not AGENT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"agent name(s) {bad} are not lower-case [a-z0-9_-]+")
+        return value
 
     _split_backends = field_validator("backends", mode="before")(_split_csv)
 

@@ -9,15 +9,15 @@ from typing import Annotated, ParamSpec
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ClientCapabilities, ElicitationCapability, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
-from .models import Role, Session, Status
+from .models import Pending, Role, Session, Status
 from .principal import current_principal
-from .render import messages_text, session_line
+from .render import messages_text, pending_text, session_line
 from .service import (
     DEFAULT_MAX_CHARS,
     CreateSessionResult,
@@ -66,6 +66,8 @@ def create_session_result(r: CreateSessionResult) -> CallToolResult:
     text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
     if r.messages:
         text += "\n\n" + messages_text(r.messages)
+    if r.pending is not None:
+        text += "\n\n" + pending_text(r.session.id, r.pending)
     return _result(r, text)
 
 
@@ -77,6 +79,8 @@ def send_message_result(r: SendMessageResult) -> CallToolResult:
         out += "\n\n" + messages_text(replies)
     elif r.status.value == "running":
         out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
+    if r.pending is not None:
+        out += "\n\n" + pending_text(r.session.id, r.pending)
     return _result(r, out)
 
 
@@ -134,12 +138,59 @@ def _progress(ctx: Context) -> Callable[[str], Awaitable[None]] | None:
     return report
 
 
+def _asker(ctx: Context) -> Callable[[Pending], Awaitable[str | None]] | None:
+    """Asks the person at this client (form elicitation) what a local agent wants; None without support."""
+    try:
+        session = ctx.request_context.session
+        if not session.check_client_capability(ClientCapabilities(elicitation=ElicitationCapability())):
+            return None
+    except Exception:
+        return None
+
+    async def ask(p: Pending) -> str | None:
+        if p.options:
+            prop: dict[str, object] = {
+                "type": "string", "title": "Your answer",
+                "oneOf": [{"const": o.id, "title": o.label} for o in p.options],
+            }  # fmt: skip
+        else:
+            prop = {"type": "string", "title": "Your answer"}
+        result = await session.elicit_form(
+            message=p.text,
+            requested_schema={"type": "object", "properties": {"answer": prop}, "required": ["answer"]},
+            related_request_id=ctx.request_id,
+        )
+        if result.action != "accept" or not result.content:
+            return None
+        answer = result.content.get("answer")
+        return answer if isinstance(answer, str) and answer.strip() else None
+
+    return ask
+
+
+def _agent_help(service: SessionService) -> str:
+    """The ``agent`` parameter's description: the available agents and the default."""
+    agents = service.agents()
+    ready = [a["name"] for a in agents if a["available"]]
+    default = next((a["name"] for a in agents if a["default"]), "none")
+    missing = [a["name"] for a in agents if not a["available"]]
+    text = (
+        "Local sessions only: what answers user turns, for the session's whole life. 'none' is the mailbox "
+        f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
+    )
+    if missing:
+        text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
+    return text
+
+
 def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
     """Add the eight tools to ``mcp``."""
     names = ", ".join(service.backends)
     backend_help = f"Backend for the new session: one of {names} (default {service.default_backend}). " + " ".join(
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
     )
+
+    agent_help = _agent_help(service)
 
     manager = mcp._tool_manager  # pyright: ignore[reportPrivateUsage]
     before = {t.name for t in manager.list_tools()}
@@ -170,11 +221,12 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             str | None, Field(description="Model for the agent, where the backend lets you choose.")
         ] = None,
         system: Annotated[str | None, Field(description="System prompt, where the backend takes one.")] = None,
-        agent: Annotated[
+        agent: Annotated[str | None, Field(description=agent_help)] = None,
+        workdir: Annotated[
             str | None,
             Field(
-                description="Local sessions only: what answers user turns. 'none' (the mailbox: another client "
-                "answers), or 'command' / 'openai' when this server configures them. Default: the server's choice."
+                description="Local sessions with an agent: the folder the agent works in. It must lie inside "
+                "SESSIONS_MCP_LOCAL__AGENT_ROOTS. Default: the agent's CWD setting, else the server's folder."
             ),
         ] = None,
         wait: Annotated[
@@ -195,6 +247,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.create_session(
             current_principal(), prompt=prompt, title=title, backend=backend, model=model, system=system,
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
+            workdir=workdir, ask=_asker(ctx),
         )  # fmt: skip
         return create_session_result(r)
 
@@ -240,7 +293,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         r = await service.send_message(
             current_principal(), session_id=session_id, text=text, role=role, wait=wait, timeout_s=timeout_s,
             idempotency_key=idempotency_key,
-            in_reply_to=in_reply_to, progress=_progress(ctx),
+            in_reply_to=in_reply_to, progress=_progress(ctx), ask=_asker(ctx),
         )  # fmt: skip
         return send_message_result(r)
 
@@ -286,7 +339,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     )
     @_guard("get_session")
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:
-        """Get one session: title, status (idle, running, awaiting_reply, failed), error, counts and URIs."""
+        """Get one session: title, status (idle, running, awaiting_reply, failed, needs_input), error, counts and URIs."""
         s = await service.get_session(current_principal(), session_id)
         return _result(s, session_line(s))
 

@@ -146,3 +146,35 @@ def test_copy_refuses_bad_arguments(tmp_path: Path, pg_url: str) -> None:
     not_pg = _cli(str(tmp_path / "nope.db"), str(tmp_path / "other.db"))
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
     assert not (tmp_path / "nope.db").exists()
+
+
+@pytest.mark.anyio
+async def test_first_stage_database_copies_and_reads_the_same(pg_url: str, tmp_path: Path) -> None:
+    """The SQLite file the first stage wrote (tests/data/stage1.db) moves into PostgreSQL unchanged."""
+    source = tmp_path / "stage1.db"
+    source.write_bytes((Path(__file__).parent.parent / "data" / "stage1.db").read_bytes())
+    sqlite_store = SqliteStore(source)
+    await sqlite_store.open()
+    try:
+        owners = {"alice", "bob"}
+        before = {
+            o: await sqlite_store.list_sessions(o, statuses=None, query=None, after=None, limit=50) for o in owners
+        }
+        pages = {
+            s.id: await sqlite_store.list_messages(o, s.id, after_seq=0, limit=100) for o in owners for s in before[o]
+        }
+    finally:
+        await sqlite_store.close()
+    assert await asyncio.to_thread(run_copy, str(source), pg_url) == 0
+    pg_store = PostgresStore(pg_url)
+    await pg_store.open()
+    try:
+        for owner in owners:
+            assert await pg_store.list_sessions(owner, statuses=None, query=None, after=None, limit=50) == before[owner]
+        for sid, page in pages.items():
+            assert page is not None
+            assert await pg_store.list_messages(page[0].owner, sid, after_seq=0, limit=100) == page
+        done = await pg_store.idem_claim("alice", "create_session", "k-done", "h1", stale_after_ms=60_000)
+        assert done is not None and done.result == '{"id": "x"}'
+    finally:
+        await pg_store.close()

@@ -46,6 +46,8 @@ class CreateRequest:
     model: str | None = None
     system: str | None = None
     agent: str | None = None
+    workdir: str | None = None
+    """The folder the session's agent works in (local named agents)."""
     dedupe_key: str | None = None
     """Stable key of the caller's idempotency key; backends that can, dedupe on it."""
 

@@ -10,6 +10,7 @@ records a row in ``changes`` that other processes follow to wake their waiters a
 
 from __future__ import annotations
 
+from .agent_sessions import AgentSessionRow, AgentSessions
 from .changes import ChangeLog
 from .idempotency import Idempotency
 from .messages import Messages
@@ -36,6 +37,7 @@ from .turns import Turns
 
 __all__ = [
     "TURN_LOST",
+    "AgentSessionRow",
     "Change",
     "ChangeKind",
     "IdemRecord",
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Messages, Idempotency, ChangeLog, Turns, MirrorOutbox, Tasks):
+class Store(Sessions, Messages, Idempotency, ChangeLog, Turns, MirrorOutbox, AgentSessions, Tasks):
     """Durable storage for local sessions. Every method is safe to call concurrently.
 
     A new concern (a table and its methods) is a new module with one class like these, added to

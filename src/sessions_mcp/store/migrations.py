@@ -145,6 +145,20 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX mirror_outbox_due ON mirror_outbox (next_at);
         """,
     ),
+    # Per session of a named agent: the folder it works in, the agent's own state (its ACP session
+    # id, so a follow-up after a restart continues the same conversation) and the permission
+    # request or question it waits on (JSON of models.Pending, NULL when none).
+    Migration(
+        "0004_agent_sessions",
+        """
+        CREATE TABLE agent_sessions (
+            session_id  {key} PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+            workdir     TEXT,
+            state       TEXT NOT NULL DEFAULT '',
+            pending     TEXT
+        );
+        """,
+    ),
     # MCP tasks (both protocol eras): a waiting create_session/send_message answered later.
     # ``first`` is the call's result once the user message was stored, ``result`` the final
     # CallToolResult (JSON); a finished task is kept until created_at + ttl_ms.

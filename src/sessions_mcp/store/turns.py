@@ -74,7 +74,8 @@ class Turns(Engine):
         """Extend the leases ``runner`` holds on these sessions to now + ``lease_ms``.
 
         Returns the ids whose claim ``runner`` still holds *and* whose session status is still
-        ``running``; the runner stops every other turn (interrupted or recovered elsewhere).
+        ``running`` (or ``needs_input``); the runner stops every other turn (interrupted or
+        recovered elsewhere).
         """
         ids = list(session_ids)
         if not ids:
@@ -86,8 +87,8 @@ class Turns(Engine):
                          (lease_ms, runner, *ids))  # fmt: skip
             rows = await tx.all(
                 "SELECT t.session_id FROM agent_turns t JOIN sessions s ON s.id = t.session_id"
-                f" WHERE t.runner = ? AND s.status = ? AND t.{among}",
-                (runner, Status.RUNNING.value, *ids),
+                f" WHERE t.runner = ? AND s.status IN (?, ?) AND t.{among}",
+                (runner, Status.RUNNING.value, Status.NEEDS_INPUT.value, *ids),
             )
             return [r[0] for r in rows]
 
@@ -130,7 +131,7 @@ class Turns(Engine):
             ):
                 continue
             await tx.run(_RELEASE, (session_id,))
-            if status is None or status[0] != Status.RUNNING.value:
+            if status is None or status[0] not in (Status.RUNNING.value, Status.NEEDS_INPUT.value):
                 continue
             await tx.run("UPDATE sessions SET status = ?, error = ?, updated_at = GREATEST(updated_at, ?) WHERE id = ?",
                          (Status.FAILED.value, error, now_ms(), session_id))  # fmt: skip

@@ -16,4 +16,4 @@ __all__ = ["LocalBackend", "create_backend"]
 
 def create_backend(settings: Settings, store: Store) -> LocalBackend:
     """Build the local backend on the shared store."""
-    return LocalBackend(store, settings.local, factory_app=settings.factory_app)
+    return LocalBackend(store, settings.local, factory_app=settings.factory_app, agents=settings.agents)

@@ -8,6 +8,9 @@ Status rules (one place):
 - an assistant message (the mailbox answer from another client) -> ``idle``.
 - interrupt: stops a running agent turn (``idle``); in the mailbox it withdraws the request
   for a reply (``awaiting_reply`` -> ``idle``), so the session leaves the inbox.
+- the agent asks for a permission or a question -> ``needs_input`` with ``pending``; a user
+  message then answers it (an option id or label for a permission; anything else is an error
+  listing the options) and the turn goes on (``running``).
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio.abc import TaskGroup
 
+from ...diagnostics import Check
 from ...errors import InvalidArgument, UnknownSession, Unsupported
 from ...ids import count_position
-from ...models import Capabilities, MessagePage, Role, SessionPage, SessionRecord, Status, StoredMessage
+from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
 from ..base import CreateRequest, CreateResult, ProgressFn, SessionBackend, SessionQuery, Watch
 
 if TYPE_CHECKING:
     from ...mirror import Mirror
-    from ...settings import FactoryAppSettings, LocalSettings
+    from ...settings import AgentSettings, FactoryAppSettings, LocalSettings
+    from .agents.turnio import Asker
+    from .registry import AgentSpec
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +120,28 @@ class LocalBackend(SessionBackend):
         system_prompt=True, model_choice=True,
     )  # fmt: skip
 
-    def __init__(self, store: Store, settings: LocalSettings, *, factory_app: FactoryAppSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: LocalSettings,
+        *,
+        factory_app: FactoryAppSettings | None = None,
+        agents: dict[str, AgentSettings] | None = None,
+    ) -> None:
+        from .registry import resolve_agents
+
         self.store = store
         self.settings = settings
         self.factory_app = factory_app
+        self.agent_settings = dict(agents or {})
+        self.specs: dict[str, AgentSpec] = resolve_agents(settings, self.agent_settings)
         self.mirror: Mirror | None = None
         self.feed = ChangeFeed(store)
         self.runner: AgentRunner | None = None
-        self.default_agent = settings.agent if settings.agent != "none" else None
+        self.default_agent = settings.agent if settings.agent not in ("none", MAILBOX) else None
         self._streams: dict[str, list[ProgressFn]] = {}
+        self._askers: dict[str, list[Asker]] = {}
+        self._tg: TaskGroup | None = None
 
     async def start(self, tg: TaskGroup) -> None:
         try:
@@ -135,19 +154,79 @@ class LocalBackend(SessionBackend):
             from ...mirror import start_mirror
 
             self.mirror = await start_mirror(self.store, self.feed, self.factory_app, tg)
-        from .agents import configured_agents
+        self._tg = tg
+        if self.default_agent or self.agent_settings or any(s.source == "legacy" for s in self.specs.values()):
+            await self._start_runner()
 
-        if configured_agents(self.settings):
+    async def _start_runner(self) -> AgentRunner | None:
+        """Start the agent runner (at start when agents are configured, else at the first agent session)."""
+        if self.runner is None and self._tg is not None:
             from .agents import create_runner
 
-            runner: AgentRunner = create_runner(self.settings, self)
+            runner: AgentRunner = create_runner(self.settings, self, self.agent_settings)
             self.runner = runner
-            await runner.start(tg)
+            await runner.start(self._tg)
+        return self.runner
+
+    def agent_infos(self) -> list[dict[str, Any]]:
+        """The agents for ``sessions://index``: name, kind, available, default, detail."""
+        default = self.default_agent or "none"
+        out: list[dict[str, Any]] = [
+            {"name": "none", "kind": "mailbox", "available": True, "default": default == "none",
+             "detail": "no agent: another client answers with send_message(role='assistant')"}
+        ]  # fmt: skip
+        for spec in self.specs.values():
+            out.append({"name": spec.name, "kind": spec.kind, "available": spec.available,
+                        "default": spec.name == default, "detail": spec.detail})  # fmt: skip
+        return out
+
+    async def _rec(self, row: SessionRow) -> SessionRecord:
+        rec = _record(row)
+        if row.status is Status.NEEDS_INPUT:
+            pending = await self.pending(row.id)
+            if pending is not None:
+                rec.pending = pending
+        return rec
+
+    async def pending(self, native_id: str) -> Pending | None:
+        """What the session's agent waits for, if anything."""
+        extra = await self.store.agent_session(native_id)
+        return Pending.model_validate(extra.pending) if extra is not None and extra.pending else None
+
+    @asynccontextmanager
+    async def asking(self, native_id: str, asker: Asker) -> AsyncGenerator[None, None]:
+        """While inside, ``asker`` (a waiting client that can elicit) is asked first for input."""
+        self._askers.setdefault(native_id, []).append(asker)
+        try:
+            yield
+        finally:
+            fns = self._askers.get(native_id, [])
+            if asker in fns:
+                fns.remove(asker)
+            if not fns:
+                self._askers.pop(native_id, None)
+
+    async def elicit(self, native_id: str, pending: Pending) -> str | None:
+        """Ask a waiting client's person (elicitation); None when nobody could or would answer."""
+        for asker in list(self._askers.get(native_id, ())):
+            try:
+                answer = await asker(pending)
+            except Exception:
+                log.debug("elicitation failed", exc_info=True)
+                continue
+            if answer is not None:
+                return answer
+        return None
 
     async def aclose(self) -> None:
         if self.runner is not None:
             await self.runner.aclose()
         await self.store.close()
+
+    async def diagnose(self) -> list[Check]:
+        from .diagnose import agent_checks
+
+        return agent_checks(self)
 
     def agent_attached(self, session: SessionRecord) -> bool:
         return session.agent not in (None, MAILBOX)
@@ -162,15 +241,26 @@ class LocalBackend(SessionBackend):
         agent = req.agent or self.default_agent
         if agent in ("none", MAILBOX):
             agent = None
-        elif agent is not None and agent != self.default_agent:
-            from .agents import configured_agents
-
-            choices = ["none", *configured_agents(self.settings)]
-            if agent not in choices:
+        elif agent is not None:
+            spec = self.specs.get(agent)
+            if spec is None and agent != self.default_agent:
+                choices = ["none", *(n for n, s in self.specs.items() if s.available)]
                 raise InvalidArgument(
                     f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
                     f"{self.settings.agent}); use one of: {', '.join(choices)}, or leave agent empty"
                 )
+            if spec is not None and not spec.available and req.agent:
+                raise InvalidArgument(f"agent {agent!r} is not available here: {spec.detail}")
+        workdir: str | None = None
+        if req.workdir is not None:
+            from .registry import agent_roots, check_workdir
+
+            if agent is None:
+                raise InvalidArgument("workdir needs an agent: pick one with agent=..., or leave workdir empty")
+            try:
+                workdir = check_workdir(req.workdir, agent_roots(self.settings))
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
         first = None
         status = Status.IDLE
         if req.prompt is not None:
@@ -186,9 +276,13 @@ class LocalBackend(SessionBackend):
             first_message=first,  # pyright: ignore[reportArgumentType]
             dedupe_key=req.dedupe_key,
         )
+        if workdir is not None:
+            await self.store.agent_session_put(row.id, workdir=workdir)
         await self.publish(row.id, row.owner, "created")
-        if agent and req.prompt is not None and self.runner is not None and row.status is Status.RUNNING:
-            self.runner.begin_turn(row.owner, row.id)
+        if agent and req.prompt is not None and row.status is Status.RUNNING:
+            runner = await self._start_runner()
+            if runner is not None:
+                runner.begin_turn(row.owner, row.id)
         return CreateResult(session=_record(row), written=[_stored(m) for m in msgs])
 
     async def _row(self, principal: str, native_id: str) -> SessionRow:
@@ -198,7 +292,7 @@ class LocalBackend(SessionBackend):
         return row
 
     async def get_session(self, principal: str, native_id: str) -> SessionRecord:
-        return _record(await self._row(principal, native_id))
+        return await self._rec(await self._row(principal, native_id))
 
     async def list_sessions(self, q: SessionQuery) -> SessionPage:
         after: tuple[int, str] | None = None
@@ -218,7 +312,7 @@ class LocalBackend(SessionBackend):
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         next_cursor = f"{rows[-1].updated_at}/{rows[-1].id}" if more and rows else None
-        return SessionPage(items=[_record(r) for r in rows], next_cursor=next_cursor)
+        return SessionPage(items=[await self._rec(r) for r in rows], next_cursor=next_cursor)
 
     async def rename_session(self, principal: str, native_id: str, title: str) -> SessionRecord:
         row = await self.store.update_session(principal, native_id, title=title)
@@ -229,10 +323,10 @@ class LocalBackend(SessionBackend):
 
     async def interrupt_session(self, principal: str, native_id: str) -> SessionRecord:
         row = await self._row(principal, native_id)
-        if self.runner is not None and row.status is Status.RUNNING:
+        if self.runner is not None and row.status in (Status.RUNNING, Status.NEEDS_INPUT):
             await self.runner.interrupt(principal, native_id)
             row = await self._row(principal, native_id)
-        if row.status in (Status.RUNNING, Status.AWAITING_REPLY):
+        if row.status in (Status.RUNNING, Status.AWAITING_REPLY, Status.NEEDS_INPUT):
             updated = await self.store.update_session(principal, native_id, status=Status.IDLE, clear_error=True)
             if updated is None:
                 raise UnknownSession(f"local:{native_id}")
@@ -242,10 +336,13 @@ class LocalBackend(SessionBackend):
 
     async def delete_session(self, principal: str, native_id: str) -> None:
         row = await self._row(principal, native_id)
-        if self.runner is not None and row.status is Status.RUNNING:
+        if self.runner is not None and row.status in (Status.RUNNING, Status.NEEDS_INPUT):
             await self.runner.interrupt(principal, native_id)
         if not await self.store.delete_session(principal, native_id):
             raise UnknownSession(f"local:{native_id}")
+        forget = getattr(self.runner, "forget", None)
+        if forget is not None:
+            await forget(native_id)  # stop an agent process kept for this session's next turn
         await self.publish(native_id, principal, "deleted")
 
     # --- messages ---------------------------------------------------------------------------
@@ -274,11 +371,18 @@ class LocalBackend(SessionBackend):
             status = Status.RUNNING if attached else Status.AWAITING_REPLY
         else:
             raise InvalidArgument("role must be 'user' or 'assistant'")
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        answers = False
+        if role == "user" and row.status is Status.NEEDS_INPUT:
+            pending = await self.pending(native_id)
+            if pending is not None:
+                parts = self._answer(native_id, pending, text)
+                answers = True
         result = await self.store.append_message(
             principal,
             native_id,
             role=role,
-            parts=[{"type": "text", "text": text}],
+            parts=parts,
             text=text,
             new_status=status,
             dedupe_key=dedupe_key,
@@ -288,10 +392,26 @@ class LocalBackend(SessionBackend):
             raise UnknownSession(f"local:{native_id}")
         session, msg = result
         await self.publish(native_id, principal, "message")
-        if attached and role == "user" and self.runner is not None:
-            self.runner.begin_turn(principal, native_id)
+        if attached and role == "user" and not answers:
+            runner = await self._start_runner()
+            if runner is not None:
+                runner.begin_turn(principal, native_id)
         del session
         return _stored(msg)
+
+    def _answer(self, native_id: str, pending: Pending, text: str) -> list[dict[str, Any]]:
+        from .agents.turnio import answer_parts, match_option
+
+        if pending.kind == "question":
+            return answer_parts(text, pending.id, text)
+        chosen = match_option(pending, text)
+        if chosen is None:
+            listed = "; ".join(f"{o.id!r} ({o.label}, {o.kind})" for o in pending.options or [])
+            raise InvalidArgument(
+                f"local:{native_id} waits for an answer to: {pending.text}\nanswer with one of these option ids "
+                f"or labels: {listed}. Nothing was answered"
+            )
+        return answer_parts(text, pending.id, chosen)
 
     async def append_agent_message(
         self,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,14 +33,15 @@ from anyio.abc import TaskGroup
 
 from ....models import Status
 from ....store.base import TURN_LOST, MessageRow, SessionRow, this_host
+from .turnio import TurnIO, answer_of
 
 if TYPE_CHECKING:
-    from ....settings import LocalSettings
+    from ....settings import AgentSettings, LocalSettings
     from ..backend import LocalBackend
+    from ..registry import AgentSpec
 
 log = logging.getLogger(__name__)
 
-AGENT_NAMES = ("command", "openai")
 LEASE_S = 20.0
 """How long a turn claim lives without a heartbeat; past it any process may fail the turn."""
 BEAT_S = 2.0
@@ -52,6 +54,14 @@ STOP_GRACE_S = 15.0
 """How long interrupting or shutting down waits for a turn to write its end."""
 
 Emit = Callable[[str], Awaitable[None]]
+
+
+def _readable(parts: list[dict[str, Any]]) -> str:
+    from ....models import StoredMessage
+
+    return StoredMessage.model_validate(
+        {"id": "-", "role": "assistant", "parts": parts, "created_at": "2000-01-01T00:00:00Z", "position": "0"}
+    ).text
 
 
 class AgentFailed(Exception):
@@ -133,43 +143,68 @@ class _Unconfigured:
         return None
 
 
-def configured_agents(settings: LocalSettings) -> list[str]:
-    """The agents this server can run: the default one, plus any whose settings are filled in."""
-    names: list[str] = []
-    if settings.agent == "command" or settings.agent_command.strip():
-        names.append("command")
-    if settings.agent == "openai" or settings.openai_model.strip():
-        names.append("openai")
-    return names
+def configured_agents(settings: LocalSettings, agents: dict[str, AgentSettings] | None = None) -> list[str]:
+    """The agents sessions may pick: every known agent (presets, configured ones, command/openai)."""
+    from ..registry import resolve_agents
+
+    return list(resolve_agents(settings, agents or {}))
 
 
-def build_agent(name: str, settings: LocalSettings) -> Agent:
-    """The agent called ``name``; a misconfigured one fails each turn with what to set."""
-    if name == "command":
+def build_agent(spec: AgentSpec, settings: LocalSettings) -> Agent:
+    """The agent ``spec`` describes; a misconfigured or missing one fails each turn with what to do."""
+    name = spec.name
+    if not spec.available:
+        return _Unconfigured(name, f"the {name!r} agent cannot run: {spec.detail}")
+    if spec.kind == "acp":
+        from .acp import AcpAgent
+
+        return AcpAgent(spec)
+    if spec.kind == "command":
         from .command import CommandAgent
 
-        if not settings.agent_command.strip():
+        local = (
+            settings
+            if spec.source == "legacy"
+            else settings.model_copy(update={"agent_command": shlex.join(spec.argv), "agent_cwd": spec.cwd})
+        )
+        if not local.agent_command.strip():
             return _Unconfigured(
                 name, "the command agent has no command line: set SESSIONS_MCP_LOCAL__AGENT_COMMAND (see docs)"
             )
         try:
-            return CommandAgent(settings)
+            agent = CommandAgent(local)
         except ValueError as exc:
             return _Unconfigured(name, str(exc))
-    if name == "openai":
-        from .openai import OpenAIAgent
+        agent.name = name
+        return agent
+    from .openai import OpenAIAgent
 
-        return OpenAIAgent(settings)
-    return _Unconfigured(name, f"unknown agent {name!r}; use one of: {', '.join(AGENT_NAMES)}")
+    local = (
+        settings
+        if spec.source == "legacy"
+        else settings.model_copy(
+            update={"openai_model": spec.model, "openai_base_url": spec.base_url or settings.openai_base_url}
+        )
+    )
+    agent = OpenAIAgent(local)
+    agent.name = name
+    return agent
 
 
-def create_runner(settings: LocalSettings, backend: LocalBackend) -> TurnRunner:
-    """The runner of every agent configured in ``settings``, writing through ``backend``."""
-    agents = {name: build_agent(name, settings) for name in configured_agents(settings)}
-    for agent in agents.values():
-        if isinstance(agent, _Unconfigured):
-            log.error("local %s agent: %s", agent.name, agent.reason)
-    return TurnRunner(backend, agents, timeout_s=settings.agent_timeout_s, max_output=settings.agent_max_output)
+def create_runner(
+    settings: LocalSettings, backend: LocalBackend, agents: dict[str, AgentSettings] | None = None
+) -> TurnRunner:
+    """The runner of every agent known from ``settings``, writing through ``backend``.
+
+    Agents are built on first use (a preset whose CLI is missing costs nothing until picked).
+    """
+    from ..registry import resolve_agents
+
+    specs = resolve_agents(settings, agents or {})
+    return TurnRunner(
+        backend, {}, specs=specs, timeout_s=settings.agent_timeout_s, max_output=settings.agent_max_output,
+        max_agents=settings.max_agents, input_timeout_s=settings.input_timeout_s,
+    )  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -192,34 +227,6 @@ class _Turn:
             self.scope.cancel()
 
 
-class _Reply:
-    """The reply text of one turn, cut at ``limit`` characters."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[str] = []
-        self.size = 0
-        self.cut = False
-
-    def add(self, text: str) -> str:
-        """Keep what fits; returns the part that was kept (to forward to waiters)."""
-        room = self.limit - self.size
-        if room <= 0:
-            self.cut = self.cut or bool(text)
-            return ""
-        kept = text[:room]
-        self.cut = self.cut or len(kept) < len(text)
-        self.parts.append(kept)
-        self.size += len(kept)
-        return kept
-
-    def text(self) -> str:
-        body = "".join(self.parts)
-        if self.cut:
-            body += f"\n\n[output cut at {self.limit:,} characters (SESSIONS_MCP_LOCAL__AGENT_MAX_OUTPUT)]"
-        return body
-
-
 class TurnRunner:
     """Runs agent turns for the local backend (implements ``AgentRunner``)."""
 
@@ -234,10 +241,18 @@ class TurnRunner:
         max_output: int = 1_000_000,
         lease_s: float = LEASE_S,
         beat_s: float = BEAT_S,
+        specs: dict[str, AgentSpec] | None = None,
+        max_agents: int = 4,
+        input_timeout_s: float = 1800.0,
     ) -> None:
+        from .slots import Slots
+
         self.backend = backend
         self.store = backend.store
         self.agents = agents
+        self.specs: dict[str, AgentSpec] = dict(specs or {})
+        self.slots = Slots(max_agents)
+        self.input_timeout_s = input_timeout_s
         self.timeout_s = timeout_s
         self.max_output = max_output
         self.lease_ms = int(lease_s * 1000)
@@ -268,11 +283,19 @@ class TurnRunner:
         with anyio.move_on_after(STOP_GRACE_S):
             for turn in turns:
                 await turn.done.wait()
-        for agent in self.agents.values():
+        for agent in list(self.agents.values()):
             try:
                 await agent.aclose()
             except Exception:
                 log.debug("closing agent %s failed", agent.name, exc_info=True)
+
+    async def forget(self, session_id: str) -> None:
+        """The session is gone: stop the agent process kept for its next turn, if any."""
+        close = self.slots.idle.get(session_id)
+        if close is not None:
+            self.slots.forget(session_id)
+            with anyio.CancelScope(shield=True):
+                await close()
 
     def running(self) -> list[str]:
         """Ids of the sessions whose turn runs in this process."""
@@ -339,7 +362,7 @@ class TurnRunner:
         if snap is None:
             return False
         row, msgs = snap
-        users = [m for m in msgs if m.role == "user"]
+        users = [m for m in msgs if m.role == "user" and answer_of(m.parts) is None]
         if not users or row.agent is None:
             return False
         upto = users[-1].seq
@@ -354,11 +377,7 @@ class TurnRunner:
         turn.claim += 1
         newest = upto
         try:
-            agent = self.agents.get(row.agent) or _Unconfigured(
-                row.agent,
-                f"the {row.agent!r} agent is not configured on this server "
-                f"(SESSIONS_MCP_LOCAL__AGENT={self._default()}); create a new session",
-            )
+            agent = self.agent(row.agent)
             await self._run(session_id, turn, agent, self._input(row, msgs, upto), upto)
         finally:
             turn.claim = 0
@@ -373,12 +392,33 @@ class TurnRunner:
     def _default(self) -> str:
         return self.backend.settings.agent
 
+    def agent(self, name: str) -> Agent:
+        """The agent called ``name``, built on first use."""
+        agent = self.agents.get(name)
+        if agent is None:
+            spec = self.specs.get(name)
+            if spec is None:
+                return _Unconfigured(
+                    name,
+                    f"the {name!r} agent is not configured on this server "
+                    f"(SESSIONS_MCP_LOCAL__AGENT={self._default()}); create a new session",
+                )
+            agent = self.agents[name] = build_agent(spec, self.backend.settings)
+            if isinstance(agent, _Unconfigured):
+                log.error("local %s agent: %s", name, agent.reason)
+        return agent
+
+    def timeout_for(self, name: str) -> float:
+        """The turn time limit of the agent called ``name``."""
+        spec = self.specs.get(name)
+        return spec.timeout_s if spec is not None and spec.timeout_s else self.timeout_s
+
     def _input(self, row: SessionRow, msgs: list[MessageRow], upto: int) -> TurnInput:
         # the user messages no turn here has seen yet (several when they queued up during a turn);
         # a process that has not run this session before takes the newest one only, so a message
         # whose turn died with another process is not sent again (it stays in the transcript)
         answered = self._answered.get(row.id, upto - 1)
-        fresh = [m.text for m in msgs if m.role == "user" and answered < m.seq <= upto]
+        fresh = [m.text for m in msgs if m.role == "user" and answered < m.seq <= upto and answer_of(m.parts) is None]
         return TurnInput(
             session_id=row.id,
             turn=sum(1 for m in msgs if m.role == "assistant") + 1,
@@ -391,76 +431,90 @@ class TurnRunner:
 
     async def _run(self, session_id: str, turn: _Turn, agent: Agent, inp: TurnInput, upto: int) -> None:
         owner = turn.owner
-        reply = _Reply(self.max_output)
-
-        async def emit(text: str) -> None:
-            kept = reply.add(text)
-            if kept:
-                await self.backend.stream_delta(session_id, kept)
-
+        extra = await self.store.agent_session(session_id)
+        io = TurnIO(
+            self.backend, owner, session_id, limit=self.max_output, input_timeout_s=self.input_timeout_s,
+            workdir=extra.workdir if extra else None, state=extra.state if extra else None,
+        )  # fmt: skip
         error: str | None = None
         started = time.monotonic()
+        timeout_s = self.timeout_for(agent.name)
         with anyio.CancelScope() as scope:
             turn.scope = scope
             if turn.stop:
                 scope.cancel()
-            with anyio.move_on_after(self.timeout_s) as limit:
-                try:
-                    await agent.run(inp, emit)
-                except AgentFailed as exc:
-                    error = str(exc) or "the agent failed without saying why"
-                except Exception as exc:
-                    log.exception("agent %s crashed in local session %s", agent.name, session_id)
-                    error = f"the {agent.name} agent crashed ({type(exc).__name__}); the server log has details"
-            if limit.cancelled_caught:
-                error = (
-                    f"the agent did not finish within {self.timeout_s:g} s (SESSIONS_MCP_LOCAL__AGENT_TIMEOUT_S); "
-                    "it was stopped. Raise the limit or ask for less"
-                )
+            async with self.slots.hold(session_id, agent, on_queue=self._queued(session_id)):
+                with anyio.move_on_after(timeout_s) as limit:
+                    try:
+                        await agent.run(inp, io)
+                    except AgentFailed as exc:
+                        error = str(exc) or "the agent failed without saying why"
+                    except Exception as exc:
+                        log.exception("agent %s crashed in local session %s", agent.name, session_id)
+                        error = f"the {agent.name} agent crashed ({type(exc).__name__}); the server log has details"
+                if limit.cancelled_caught:
+                    error = (
+                        f"the agent did not finish within {timeout_s:g} s (SESSIONS_MCP_LOCAL__AGENT_TIMEOUT_S); "
+                        "it was stopped. Raise the limit or ask for less"
+                    )
         turn.scope = None
         took = time.monotonic() - started
         log.info("agent %s turn %d of %s ended after %.2fs (%s)", agent.name, inp.turn, session_id, took,
                  turn.stop or ("failed" if error else "ok"))  # fmt: skip
         with anyio.CancelScope(shield=True):
-            await self._record(owner, session_id, turn, reply, error, upto)
+            await self._record(owner, session_id, turn, io, error, upto)
 
-    async def _record(
-        self, owner: str, session_id: str, turn: _Turn, reply: _Reply, error: str | None, upto: int
-    ) -> None:
-        text = reply.text()
+    def _queued(self, session_id: str) -> Callable[[], Awaitable[None]]:
+        async def say() -> None:
+            await self.backend.stream_delta(
+                session_id, f"(queued: {self.slots.limit} agents are busy, SESSIONS_MCP_LOCAL__MAX_AGENTS)\n"
+            )
+
+        return say
+
+    async def _newer_prompt(self, owner: str, session_id: str, upto: int) -> bool:
+        page = await self.store.list_messages(owner, session_id, after_seq=upto, limit=200, roles=["user"])
+        return page is not None and any(answer_of(m.parts) is None for m in page[1])
+
+    async def _record(self, owner: str, session_id: str, turn: _Turn, io: TurnIO, error: str | None, upto: int) -> None:
+        parts = io.segment
+        text = io.segment_text()
+        suffix = ""
         status: Status | None
         if turn.stop == "lost":
             status = None  # interrupted or recovered by another process: it already set the status
-            if text:
-                text += "\n\n[interrupted]"
+            suffix = "\n\n[interrupted]" if text else ""
         elif turn.stop == "interrupt":
             status = Status.IDLE
-            if text:
-                text += "\n\n[interrupted]"
+            suffix = "\n\n[interrupted]" if text else ""
         elif turn.stop == "shutdown":
             status, error = Status.FAILED, TURN_LOST
         elif error is not None:
             status = Status.FAILED
         else:
             status = Status.IDLE
-            if not text:
-                text = "(the agent finished without output)"
-            newer = await self.store.list_messages(owner, session_id, after_seq=upto, limit=1, roles=["user"])
-            if newer is not None and newer[1]:
+            if not parts and not io.written:
+                suffix = "(the agent finished without output)"
+            if await self._newer_prompt(owner, session_id, upto):
                 status = Status.RUNNING  # a user message arrived meanwhile: the next turn follows
+        if io.cut:
+            suffix += f"\n\n[output cut at {self.max_output:,} characters (SESSIONS_MCP_LOCAL__AGENT_MAX_OUTPUT)]"
+        if suffix:
+            if parts and parts[-1]["type"] == "text":
+                parts[-1]["text"] += suffix
+            else:
+                parts.append({"type": "text", "text": suffix.lstrip("\n")})
         try:
-            if text:
+            if parts:
                 await self.backend.append_agent_message(
-                    owner, session_id, parts=[{"type": "text", "text": text}], text=text, status=status, error=error
+                    owner, session_id, parts=parts, text=_readable(parts), status=status, error=error
                 )
             elif status is not None:
                 await self.backend.set_status(owner, session_id, status, error)
-            if status is Status.IDLE:
+            if status is Status.IDLE and await self._newer_prompt(owner, session_id, upto):
                 # a user message stored (by another process) between the check above and our
                 # write would be left idle and never answered: look again after writing
-                newer = await self.store.list_messages(owner, session_id, after_seq=upto, limit=1, roles=["user"])
-                if newer is not None and newer[1]:
-                    await self.backend.set_status(owner, session_id, Status.RUNNING)
+                await self.backend.set_status(owner, session_id, Status.RUNNING)
         except Exception:
             log.exception("could not record the end of the agent turn of local session %s", session_id)
 
@@ -475,7 +529,7 @@ class TurnRunner:
         for session_id, owner in failed:
             await self.backend.publish(session_id, owner, "status")
         try:
-            orphans = await self.store.turn_orphans(agents=list(self.agents), older_than_ms=ORPHAN_AFTER_MS)
+            orphans = await self.store.turn_orphans(agents=[*self.specs, *self.agents], older_than_ms=ORPHAN_AFTER_MS)
         except Exception:
             log.warning("could not look for turns nobody started", exc_info=True)
             return

@@ -146,7 +146,7 @@ class CommandAgent:
                 with os.fdopen(fd, "wb") as f:
                     f.write(document)
             try:
-                cwd = self.cwd_for(turn)
+                cwd = getattr(emit, "workdir", None) or self.cwd_for(turn)  # create_session(workdir=...) first
             except OSError as exc:
                 raise AgentFailed(f"cannot create the agent's working directory: {exc.strerror}") from None
             await self._run(
