@@ -102,3 +102,18 @@ async def test_2025_tasks_result_asks_the_client_and_the_turn_goes_on(
         assert result["structuredContent"]["status"] == "idle", result
         assert (await peer.call("tasks/get", {"taskId": task["taskId"]}))["status"] == "completed"
     assert (home.work / "allowed.txt").read_text().strip() == "hi"
+
+
+async def test_2026_declining_the_request_rejects_it(tmp_path: Path, claude: tuple[CliHome, dict[str, str]]) -> None:
+    home, env = claude
+    async with stdio_peer(tmp_path / "s.db", MODERN, env=env) as peer:
+        task = await start_task(
+            peer, "create_session", agent="claude", workdir=str(home.work), prompt="WRITE refused.txt now"
+        )
+        asked = await peer.poll(task["taskId"], until=("input_required", "completed", "failed"), timeout=240)
+        assert asked["status"] == "input_required", asked
+        [key] = asked["inputRequests"]
+        await peer.call("tasks/update", {"taskId": task["taskId"], "inputResponses": {key: {"action": "decline"}}})
+        done = await peer.poll(task["taskId"], timeout=240)
+        assert done["status"] == "completed" and done["result"]["structuredContent"]["status"] == "idle", done
+    assert not (home.work / "refused.txt").exists()
