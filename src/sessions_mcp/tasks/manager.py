@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from mcp.types import CallToolResult, TextContent
 
 from ..errors import SessionsError, UnknownSession
-from ..models import Status
+from ..models import Pending, Status
 from ..store.base import Store, now_ms
 from .model import POLL_INTERVAL_MS, TTL_MS, Era, StoredStatus, TaskGone, TaskRow, TaskView, as_dict, new_task_id
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENDED = (Status.IDLE, Status.FAILED)
-NEEDS_INPUT = "needs_input"
 FOLLOW_WAKE_S = 30.0
 """A followed task is re-read at least this often even when its session reports no change."""
 PRUNE_EVERY_S = 600.0
@@ -59,10 +58,10 @@ def _result_model(tool: str) -> Any:
     return CreateSessionResult if tool == "create_session" else SendMessageResult
 
 
-def input_requests(pending: Any) -> dict[str, Any]:
+def input_requests(pending: Pending) -> dict[str, Any]:
     """The ``inputRequests`` of a session's pending request: one form elicitation, one field."""
-    options = list(getattr(pending, "options", None) or [])
-    if getattr(pending, "kind", "question") == "permission" and options:
+    options = pending.options or []
+    if pending.kind == "permission" and options:
         # a titled single-select enum of the option ids (the same form the elicitation of a waiting call uses)
         answer: dict[str, Any] = {
             "type": "string",
@@ -179,8 +178,8 @@ class TaskManager:
             outcome = "the turn failed" if status is Status.FAILED else "the agent answered"
             message = f"{outcome}; session {row.session_id} is {status.value}"
             return await self._finish(row, "completed", message, result=_dump(_render(row.tool, composed)))
-        pending = getattr(session, "pending", None)
-        if str(status.value) == NEEDS_INPUT and pending is not None:
+        pending = session.pending
+        if status is Status.NEEDS_INPUT and pending is not None:
             text = f"the agent in session {row.session_id} asks: {pending.text}"
             return TaskView(row, "input_required", text, updated, input_requests(pending), pending)
         return TaskView(row, "working", f"the agent is working in session {row.session_id}", updated)
@@ -257,10 +256,9 @@ class TaskManager:
         if view is None:
             return False
         for key, response in responses.items():
-            request = view.input_requests.get(key)
-            if request is None or not isinstance(response, dict):
+            if key not in view.input_requests:
                 continue
-            text = _answer_text(view.pending, response)  # pyright: ignore[reportUnknownArgumentType]
+            text = _answer_text(view.pending, as_dict(response))
             if text is not None:
                 await self.service.send_message(
                     owner, session_id=view.row.session_id, text=text, role="user", wait=False, timeout_s=0,
@@ -323,7 +321,7 @@ class TaskManager:
             self._following.discard(row.id)
 
 
-def _answer_text(pending: Any, response: dict[str, Any]) -> str | None:
+def _answer_text(pending: Pending | None, response: dict[str, Any]) -> str | None:
     """The ``send_message`` text for one elicitation response (None: nothing to send)."""
     if response.get("action") == "accept":
         content = as_dict(response.get("content"))
@@ -332,8 +330,8 @@ def _answer_text(pending: Any, response: dict[str, Any]) -> str | None:
             value = next(iter(content.values()))
         return None if value is None else str(value)
     # decline or cancel: a permission is rejected; an open question stays open
-    options = list(getattr(pending, "options", None) or [])
-    rejects = [str(o.id) for o in options if str(getattr(o, "kind", "")).startswith("reject")]
+    options = pending.options if pending is not None and pending.options else []
+    rejects = [o.id for o in options if o.kind.startswith("reject")]
     return rejects[0] if rejects else None
 
 

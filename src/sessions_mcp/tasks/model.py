@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from ..models import Pending
 from ..store.tasks import TERMINAL, StoredStatus, TaskRow
 
 __all__ = ["TERMINAL", "StoredStatus", "TaskRow"]
@@ -61,7 +62,7 @@ class TaskView:
     status_message: str | None
     last_updated_ms: int
     input_requests: dict[str, Any] = field(default_factory=dict[str, Any])
-    pending: Any = None
+    pending: Pending | None = None
     """The session's pending request behind ``input_requests`` (``needs_input``)."""
 
     def with_row(self, row: TaskRow) -> TaskView:
