@@ -695,8 +695,10 @@ class MockLLM:
             self._cond.notify_all()
 
     def _record(self, entry: dict[str, Any]) -> None:
+        """Log ``entry`` (once in :attr:`log`; the file gets a new line each time, e.g. a later hang-up)."""
         with self._cond:
-            self.log.append(entry)
+            if not any(e is entry for e in self.log):
+                self.log.append(entry)
             if self.log_path is not None:
                 with self.log_path.open("a") as f:
                     f.write(json.dumps(entry, default=str) + "\n")
@@ -804,9 +806,9 @@ class MockLLM:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
                 entry["status"] = status
-                mock._record(entry)
+                mock._record(entry)  # before the last byte leaves: a test reading the answer finds it logged
+                self.wfile.write(payload)
 
             def _wait_or_hang_up(self, delay: float, entry: dict[str, Any]) -> bool:
                 """Wait ``delay`` s before answering; False (and ``hung_up_after_s`` logged) if the CLI
@@ -844,10 +846,10 @@ class MockLLM:
                 for chunk in payload:
                     self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                     self.wfile.flush()
+                entry["status"] = 200
+                mock._record(entry)  # before the closing chunk, as in _json
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
-                entry["status"] = 200
-                mock._record(entry)
 
         return Handler
 

@@ -16,11 +16,10 @@ CHANGES_AFTER = "SELECT seq, session_id, owner, kind, writer FROM changes WHERE 
 
 async def log_change(tx: Tx, session_id: str, owner: str, kind: str, writer: str) -> None:
     """Record a change in the current write transaction."""
-    await tx.run(
+    await tx.log(
         "INSERT INTO changes (session_id, owner, kind, writer, at) VALUES (?, ?, ?, ?, ?)",
         (session_id, owner, kind, writer, now_ms()),
     )
-    tx.changed()
 
 
 class ChangeLog(Engine):

@@ -18,8 +18,10 @@ written                        SQLite                      PostgreSQL
 ============================  ==========================  =================================
 
 Statements must not contain these spellings inside string literals. Everything else that
-differs (connections, pools and threads, how a writer takes its lock, NOTIFY versus polling,
-retries and error messages) belongs to the engines, :mod:`.sqlite` and :mod:`.postgres`.
+differs (connections, pools and threads, how a writer takes its lock, NOTIFY versus polling
+(:meth:`Tx.log`), retries and error messages) belongs to the engines, :mod:`.sqlite` and
+:mod:`.postgres`. The SQL stays within what SQLite 3.24 runs (no ``RETURNING``, no ``FILTER``), as
+the first stage did.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class Tx(Protocol):
         """Execute several ``;``-separated statements as written (migrations; no translation)."""
         ...
 
-    def changed(self) -> None:
-        """Note that this transaction logged a change (PostgreSQL notifies the replicas at commit)."""
+    async def log(self, sql: str, args: Sequence[Any]) -> None:
+        """Run the change-log ``INSERT`` ``sql``. PostgreSQL wraps it so the same statement also
+        notifies the other replicas (``pg_notify``, delivered at commit); SQLite runs it as is."""
         ...
 
 

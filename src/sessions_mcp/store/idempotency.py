@@ -20,12 +20,12 @@ class Idempotency(Engine):
 
         async def body(tx: Tx) -> IdemRecord | None:
             ts = now_ms()
-            inserted = await tx.one(
+            inserted = await tx.run(
                 "INSERT INTO idempotency (principal, tool, key, params_hash, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
                 (principal, tool, key, params_hash, ts, ts),
             )
-            if inserted is not None:
+            if inserted:
                 return None
             row = await tx.one(f"SELECT params_hash, state, result, updated_at FROM idempotency {_KEY} FOR UPDATE",
                                (principal, tool, key))  # fmt: skip

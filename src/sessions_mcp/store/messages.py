@@ -11,7 +11,7 @@ from ..models import Role, Status
 from .changes import log_change
 from .dialect import Tx, marks
 from .engine import Engine
-from .rows import MESSAGE_COLS, SESSION_BY_ID, SESSION_COLS, MessageRow, SessionRow, message_row, now_ms, session_row
+from .rows import MESSAGE_COLS, SESSION_BY_ID, MessageRow, SessionRow, message_row, now_ms, session_row
 
 
 async def insert_message(
@@ -57,38 +57,36 @@ class Messages(Engine):
         check_newer = new_status is Status.IDLE and unanswered_after_seq is not None
 
         async def body(tx: Tx) -> tuple[SessionRow, MessageRow] | None:
-            status = new_status
-            if dedupe_key is not None or check_newer:
-                # lock the session first: two writers appending with the same key serialize here,
-                # and a user message committing concurrently is seen or waits
-                row = await tx.one(SESSION_BY_ID + " FOR UPDATE", (session_id, owner))
-                if row is None:
-                    return None
-                if dedupe_key is not None:
-                    old = await tx.one(f"SELECT {MESSAGE_COLS} FROM messages WHERE dedupe_key = ?", (dedupe_key,))
-                    if old is not None:
-                        return session_row(row), message_row(old)
-                if check_newer and await tx.one(
-                    "SELECT 1 FROM messages WHERE session_id = ? AND seq > ? AND role = 'user' LIMIT 1",
-                    (session_id, unanswered_after_seq),
-                ):
-                    status = Status.AWAITING_REPLY
-            # the row lock taken here is held until commit: seqs are unique and gap-free per session
-            value = status.value if status else None
-            row = await tx.one(
-                "UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1,"
-                " updated_at = GREATEST(?, updated_at), status = COALESCE(?, status),"
-                " error = CASE WHEN COALESCE(?, status) = 'failed' THEN ? ELSE NULL END"
-                f" WHERE id = ? AND owner = ? RETURNING {SESSION_COLS}",
-                (now_ms(), value, value, error, session_id, owner),
-            )
+            # the row lock (PostgreSQL) or the database lock (SQLite) is held until commit: seqs are
+            # unique and gap-free per session, two writers with one dedupe key serialize here, and a
+            # user message committing concurrently is seen or waits
+            row = await tx.one(SESSION_BY_ID + " FOR UPDATE", (session_id, owner))
             if row is None:
                 return None
-            session = session_row(row)
-            seq, at = session.last_seq, session.updated_at
-            mid = await insert_message(tx, session_id, seq, role, text, parts_json, at, dedupe_key)
+            cur = session_row(row)
+            if dedupe_key is not None:
+                old = await tx.one(f"SELECT {MESSAGE_COLS} FROM messages WHERE dedupe_key = ?", (dedupe_key,))
+                if old is not None:
+                    return cur, message_row(old)
+            status = new_status or cur.status
+            if check_newer and await tx.one(
+                "SELECT 1 FROM messages WHERE session_id = ? AND seq > ? AND role = 'user' LIMIT 1",
+                (session_id, unanswered_after_seq),
+            ):
+                status = Status.AWAITING_REPLY
+            ts = max(now_ms(), cur.updated_at)
+            seq = cur.last_seq + 1
+            err = error if status is Status.FAILED else None
+            mid = await insert_message(tx, session_id, seq, role, text, parts_json, ts, dedupe_key)
+            await tx.run(
+                "UPDATE sessions SET last_seq = ?, message_count = message_count + 1, updated_at = ?,"
+                " status = ?, error = ? WHERE id = ?",
+                (seq, ts, status.value, err, session_id),
+            )
             await log_change(tx, session_id, owner, "message", self.writer_id)
-            return session, MessageRow(session_id, seq, mid, role, text, parts, at)
+            session = cur._replace(status=status, error=err, updated_at=ts, last_seq=seq,
+                                   message_count=cur.message_count + 1)  # fmt: skip
+            return session, MessageRow(session_id, seq, mid, role, text, parts, ts)
 
         return await self._write(body)
 

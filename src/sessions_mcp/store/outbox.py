@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dialect import Tx
+from .dialect import Tx, marks
 from .engine import Engine
 from .rows import MirrorRow, MirrorStats, now_ms
 
@@ -41,13 +41,14 @@ class MirrorOutbox(Engine):
 
         async def body(tx: Tx) -> list[MirrorRow]:
             rows = await tx.all(
-                "UPDATE mirror_outbox SET lease_until = ? WHERE session_id IN ("
-                f" SELECT session_id FROM mirror_outbox WHERE {_PENDING} AND next_at <= ?"
-                " AND lease_until < ? ORDER BY next_at LIMIT ? FOR UPDATE SKIP LOCKED)"
-                " RETURNING session_id, owner, version, created, title, sent_seq, parent, attempts, last_error, next_at",
-                (ts + lease_ms, ts, ts, limit),
+                "SELECT session_id, owner, version, created, title, sent_seq, parent, attempts, last_error"
+                f" FROM mirror_outbox WHERE {_PENDING} AND next_at <= ? AND lease_until < ?"
+                " ORDER BY next_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                (ts, ts, limit),
             )
-            rows.sort(key=lambda r: int(r[9]))
+            if rows:
+                await tx.run(f"UPDATE mirror_outbox SET lease_until = ? WHERE session_id IN ({marks(len(rows))})",
+                             (ts + lease_ms, *(r[0] for r in rows)))  # fmt: skip
             return [MirrorRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
         return await self._write(body)
@@ -122,9 +123,9 @@ class MirrorOutbox(Engine):
 
         async def q(tx: Tx) -> MirrorStats:
             row = await tx.one(
-                f"SELECT count(*) FILTER (WHERE {_PENDING}),"
-                f" count(*) FILTER (WHERE {_PENDING} AND attempts >= ?),"
-                " count(*) FILTER (WHERE version <= synced_version),"
+                f"SELECT coalesce(sum(CASE WHEN {_PENDING} THEN 1 ELSE 0 END), 0),"
+                f" coalesce(sum(CASE WHEN {_PENDING} AND attempts >= ? THEN 1 ELSE 0 END), 0),"
+                " coalesce(sum(CASE WHEN version <= synced_version THEN 1 ELSE 0 END), 0),"
                 " (SELECT last_error FROM mirror_outbox WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 1)"
                 " FROM mirror_outbox",
                 (failed_after,),

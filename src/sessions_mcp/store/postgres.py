@@ -7,13 +7,13 @@ Same guarantees as :mod:`.sqlite`, with these mechanisms:
   ``PGPASSFILE`` and service files work as operators expect), has a maintained pool with
   connection health checks, and first-class ``LISTEN/NOTIFY`` (``AsyncConnection.notifies``).
   It is imported only by this module, which is imported only for ``postgresql://`` URLs.
-- **Ordering**: a message's seq is allocated by ``UPDATE sessions SET last_seq = last_seq + 1
-  ... RETURNING``; the row lock is held until commit, so concurrent writers from any number of
+- **Ordering**: an append locks its session row (``SELECT ... FOR UPDATE``) and writes
+  ``last_seq + 1``; the row lock is held until commit, so concurrent writers from any number of
   replicas get gap-free, unique seqs per session.
 - **Migrations** are the shared named list (:mod:`.migrations`, PostgreSQL DDL), applied
   under a transaction-scoped advisory lock, so replicas that start together migrate once.
-- **Change notifications**: every write inserts a ``changes`` row and, just before its commit,
-  calls ``pg_notify`` in the same transaction (delivered at commit). One dedicated connection per process ``LISTEN``s and
+- **Change notifications**: every write inserts a ``changes`` row and calls ``pg_notify`` in the
+  same statement (delivered at commit). One dedicated connection per process ``LISTEN``s and
   sets a flag that :meth:`PostgresStore.external_write_seen` returns, so the change feed's
   100 ms follower wakes waiters within one poll of a commit on another replica. While that
   connection is down the check answers True, so the feed falls back to reading the change log,
@@ -103,11 +103,12 @@ def _password_of(url: str) -> str | None:
 class _PgTx:
     """:class:`~.dialect.Tx` on one psycopg connection."""
 
-    __slots__ = ("conn", "notify")
+    __slots__ = ("channel", "conn", "writer")
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, channel: str, writer: str) -> None:
         self.conn = conn
-        self.notify = False
+        self.channel = channel
+        self.writer = writer
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         return (await self.conn.execute(cast(LiteralString, to_postgres(sql)), args)).rowcount
@@ -121,8 +122,10 @@ class _PgTx:
     async def script(self, sql: str) -> None:
         await self.conn.execute(sql.encode())  # several statements: simple query protocol
 
-    def changed(self) -> None:
-        self.notify = True
+    async def log(self, sql: str, args: Sequence[Any]) -> None:
+        # one statement: the change row, and a notification the replicas get when it commits
+        notify = f"WITH c AS ({sql} RETURNING seq) SELECT pg_notify(?, ?) FROM c"
+        await self.run(notify, (*args, self.channel, self.writer))
 
 
 def _no_nul(*texts: str | None) -> None:
@@ -234,12 +237,15 @@ class PostgresStore(Store):
                             "SELECT pg_advisory_xact_lock(hashtext('sessions_mcp.migrate:' || current_schema()))"
                         )
                         where = f"the PostgreSQL store {self.location!r}"
-                        await migrate(_PgTx(conn), POSTGRES_MIGRATIONS, where=where, bigint="BIGINT")
+                        await migrate(
+                            _PgTx(conn, self._channel, self.writer_id),
+                            POSTGRES_MIGRATIONS,
+                            where=where,
+                            bigint="BIGINT",
+                        )
                     # a turn whose process died (kill -9, power loss) must not stay "running" forever
                     async with conn.transaction():
-                        tx = _PgTx(conn)
-                        await self._recover_turns(tx, this_host(), TURN_LOST)
-                        await self._notify(tx)
+                        await self._recover_turns(_PgTx(conn, self._channel, self.writer_id), this_host(), TURN_LOST)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.close()
@@ -310,11 +316,6 @@ class PostgresStore(Store):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _notify(self, tx: _PgTx) -> None:
-        """Wake the other replicas at commit when the transaction logged a change."""
-        if tx.notify:
-            await tx.conn.execute("SELECT pg_notify(%s, %s)", (self._channel, self.writer_id))
-
     async def _run(self, body: Body[T], *, write: bool, snapshot: bool = False) -> T:
         """Run ``body`` in one transaction, retrying serialization failures and deadlocks.
 
@@ -327,13 +328,11 @@ class PostgresStore(Store):
                 pool = await self._ensure_open()
                 conn = await pool.getconn()
                 with anyio.CancelScope(shield=True):
-                    tx = _PgTx(conn)
+                    tx = _PgTx(conn, self._channel, self.writer_id)
                     try:
                         if write:
                             async with conn.transaction():
-                                result = await body(tx)
-                                await self._notify(tx)
-                                return result
+                                return await body(tx)
                         if snapshot:
                             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                             try:

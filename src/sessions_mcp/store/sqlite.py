@@ -62,8 +62,9 @@ class _SqliteTx:
             if statement:
                 self.conn.execute(statement)
 
-    def changed(self) -> None:
-        """Other processes notice through ``PRAGMA data_version``; nothing to send."""
+    async def log(self, sql: str, args: Sequence[Any]) -> None:
+        # other processes notice through PRAGMA data_version; nothing to send
+        self.conn.execute(to_sqlite(sql), args)
 
 
 class _Miss:
