@@ -312,7 +312,7 @@ class LegacyTasks:
             view = await self.manager.create_finished(
                 current_principal(), str(name), "2025", call, ttl_ms=deferral.ttl_ms
             )
-        else:
+        elif ctx.session.can_send_request:  # a connection that can push (not stateless HTTP)
             notify_legacy(self.manager, ctx, view)
         immediate = f"{view.status_message or 'task created'}; task {view.row.id} runs in the background"
         meta = {**view.meta(), "io.modelcontextprotocol/model-immediate-response": immediate}
