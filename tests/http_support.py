@@ -121,11 +121,20 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json,
 class ServerProcess:
     """``sessions-mcp --transport http`` as a subprocess on 127.0.0.1; stderr is collected line by line."""
 
-    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None, nofile: int | None = None) -> None:
+        """``nofile`` lowers the server's descriptor limit (RLIMIT_NOFILE), to make exhaustion tests fast."""
         cmd = [*server_command(), "--transport", "http", "--host", "127.0.0.1", "--port", "0", *args]
+
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             cmd,
             env=server_env(db, **(env or {})),
+            preexec_fn=limit if nofile is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -81,7 +81,11 @@ async def test_health_endpoint(make_settings: Callable[..., Settings]) -> None:
         assert body["status"] == "ok" and body["in_flight"] == 0
         # probes use the pod IP as Host and carry no token: health answers anyway, and says nothing secret
         r = await http.get(f"{served.url}/healthz", headers={"Host": "10.1.2.3:8765"})
-        assert r.status_code == 200 and set(r.json()) == {"status", "version", "in_flight"}
+        assert r.status_code == 200
+        assert set(r.json()) == {
+            "status", "version", "in_flight", "sessions", "subscriptions", "cancelled_for_departed_clients"
+        }  # fmt: skip
+        assert "alice" not in r.text and "bob" not in r.text  # counts only, never principals
 
 
 async def test_session_lifecycle_delete_then_404(make_settings: Callable[..., Settings]) -> None:

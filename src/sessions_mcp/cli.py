@@ -211,10 +211,11 @@ def _serve(settings: Any, transport: str) -> int:
 
     if transport == "stdio":
         from .server import build_server
+        from .stdio import serve_stdio
 
         mcp = build_server(settings)
         try:
-            anyio.run(mcp.run_stdio_async)
+            anyio.run(serve_stdio, mcp)
         except BaseException as exc:  # the client closed our stdout: leave quietly, nothing to report
             if not _only_broken_pipes(exc):
                 raise

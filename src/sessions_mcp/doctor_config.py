@@ -22,7 +22,18 @@ def config_checks(settings: Settings) -> list[Check]:
     cfg = default_config_path()
     where = f"config file {cfg}" if cfg.is_file() else f"no config file at {cfg} (environment and defaults)"
     checks = [Check("configuration", "ok", f"backends: {listed}; {where}")]
-    return [*checks, *http_checks(settings)]
+    return [*checks, *http_checks(settings), *connection_checks(settings)]
+
+
+def connection_checks(settings: Settings) -> list[Check]:
+    """Whether the descriptor limit leaves room for the HTTP connection cap (HTTP settings only)."""
+    http = settings.http
+    if not (http.tokens or http.tokens_file or http.jwt_public_key or http.jwks_url or http.host != "127.0.0.1"):
+        return []
+    from .http_guard import capacity_note
+
+    near, what, fix = capacity_note(http.max_connections)
+    return [Check("http: connections", "warn" if near else "ok", what, fix)]
 
 
 def http_checks(settings: Settings) -> list[Check]:

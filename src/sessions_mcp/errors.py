@@ -27,6 +27,21 @@ messages never contain secrets.
 
 from __future__ import annotations
 
+QUOTE_CHARS = 80
+"""How much of a caller's input an error message repeats."""
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a caller's input, cut to ``limit`` characters with its full length said.
+
+    Errors name the bad input so the caller can find it, but never repeat all of it: a
+    10 MB session id must not come back as a 10 MB error.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
 
 class SessionsError(Exception):
     """Base of every error this package raises on purpose."""
@@ -40,7 +55,7 @@ class UnknownSession(UserError):
     """No session with that id is visible to the caller."""
 
     def __init__(self, session_id: str) -> None:
-        super().__init__(f"unknown session {session_id!r}; call list_sessions to see the sessions you can use")
+        super().__init__(f"unknown session {quote(session_id)}; call list_sessions to see the sessions you can use")
         self.session_id = session_id
 
 
@@ -60,7 +75,7 @@ class Unsupported(UserError):
     """The backend cannot do this."""
 
     def __init__(self, backend: str, capability: str, hint: str = "") -> None:
-        msg = f"the {backend!r} backend cannot {capability}"
+        msg = f"the {quote(backend)} backend cannot {capability}"
         super().__init__(f"{msg}; {hint}" if hint else msg)
         self.backend = backend
         self.capability = capability

@@ -33,15 +33,19 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, logfilter
 from .audit import TRAIL
 from .auth import AuthConfig, build_auth
+from .disconnect import CancelOnDisconnect
 from .errors import ConfigError
+from .http_guard import ACCEPT_BACKLOG, ConnectionStats, connection_cap
+from .session_cap import SessionCap
 from .settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -185,6 +189,32 @@ class HttpApp:
     auth: AuthConfig | None
     security: TransportSecuritySettings
     in_flight: InFlight
+    sessions: SessionCap | None = None
+    departed: CancelOnDisconnect | None = None
+    connections: ConnectionStats | None = None
+    """Set by :func:`serve_http` (the connection guard lives in the server, not the app)."""
+
+    def health(self) -> dict[str, Any]:
+        """The ``/healthz`` document: liveness, and how near each limit the server is."""
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "in_flight": self.in_flight.count}
+        if self.departed is not None:
+            body["cancelled_for_departed_clients"] = self.departed.cancelled
+        near: list[str] = []
+        if self.connections is not None:
+            body["connections"] = conn = self.connections.report()
+            if conn["near_limit"]:
+                near.append("connections")
+        if self.sessions is not None:
+            body["sessions"] = sess = self.sessions.report()
+            if sess["saturated"]:
+                near.append("sessions of one principal")
+        notifier = getattr(self.runtime, "notifier", None)
+        if notifier is not None:
+            body["subscriptions"] = {"legacy": notifier.legacy_count, "listeners": notifier.bus.listeners}
+        if near:
+            body["status"] = "near_limit"
+            body["near_limit"] = near
+        return body
 
 
 def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
@@ -204,12 +234,13 @@ def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
     mcp.middleware.append(in_flight)
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__, "in_flight": in_flight.count})
+        return JSONResponse(built.health())
 
     streamable = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=http.stateless,
         max_request_body_size=http.max_body_bytes,
+        session_idle_timeout=http.session_idle_timeout_s,
         transport_security=security,
         host=http.host,
     )
@@ -225,6 +256,16 @@ def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
     middleware = list(streamable.user_middleware)
     if auth is not None and not middleware:  # never serve a token-protected route without the auth middleware
         raise RuntimeError("the SDK built no authentication middleware although a token verifier is configured")
+    manager = mcp.session_manager
+    session_cap = SessionCap(
+        path=MCP_PATH,
+        per_principal=http.max_sessions_per_principal,
+        live_sessions=lambda: manager._server_instances,  # pyright: ignore[reportPrivateUsage]
+        idle_timeout_s=http.session_idle_timeout_s,
+    )
+    middleware.append(Middleware(session_cap.wrap))  # behind authentication: it counts per principal
+    cancel_departed = CancelOnDisconnect(path=MCP_PATH)
+    middleware.append(Middleware(cancel_departed.wrap))  # behind authentication: it speaks as the client
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None, None]:
@@ -233,7 +274,11 @@ def create_app(settings: Settings, *, runtime: Any = None) -> HttpApp:
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     guarded = Guard(app, security=security, max_body_bytes=http.max_body_bytes)
-    return HttpApp(app=guarded, starlette=app, mcp=mcp, runtime=rt, auth=auth, security=security, in_flight=in_flight)
+    built = HttpApp(
+        app=guarded, starlette=app, mcp=mcp, runtime=rt, auth=auth, security=security, in_flight=in_flight,
+        sessions=session_cap, departed=cancel_departed,
+    )  # fmt: skip
+    return built
 
 
 def _unique(*route_lists: Iterable[BaseRoute]) -> list[BaseRoute]:
@@ -299,6 +344,7 @@ def configure_http_logging(secrets: Iterable[str] = ()) -> None:
         for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
             handler.removeFilter(old)
         handler.addFilter(redactor)
+    logfilter.install(root)  # after redaction: repeats are recognised by their redacted text
 
 
 # ---------------------------------------------------------------------------- serving
@@ -310,9 +356,16 @@ class _Server:
     def __init__(self, built: HttpApp, http: HttpSettings, *, log_level: str) -> None:
         import uvicorn
 
+        from .http_guard import guarded_protocol
+
         self.built = built
+        built.connections = ConnectionStats(
+            limit=connection_cap(http.max_connections), request_timeout_s=http.request_timeout_s
+        )
         config = uvicorn.Config(
             built.app,
+            http=guarded_protocol(built.connections),
+            backlog=ACCEPT_BACKLOG,
             host=http.host.strip("[]"),
             port=http.port,
             log_level=log_level.lower(),

@@ -8,14 +8,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
-from .errors import IdempotencyConflict, InvalidArgument
+from . import limits
+from .errors import IdempotencyConflict, InvalidArgument, quote
 from .store.base import Store
+from .store.rows import pid_alive, this_host
+
+log = logging.getLogger(__name__)
+
+
+_RUNNING: set[tuple[str, str, str, str]] = set()
+"""(store writer id, principal, tool, key) of the keyed calls this process is running now."""
+POLL_MAX_S = 0.25
+
+
+def owner_tag(store: Store) -> str:
+    """Who holds a claim: ``pid@host#writer`` (the writer id tells this process's stores apart)."""
+    return f"{os.getpid()}@{this_host()}#{store.writer_id}"
+
+
+def owner_gone(store: Store, tag: str | None, running: tuple[str, str, str, str]) -> bool:
+    """Whether the process that claimed a key can no longer finish it.
+
+    It is gone when it ran on this machine and its pid is dead (SIGKILL, a crash), or when it is
+    this very process and the call is not running any more (its write failed and so did the
+    release). A claim from another machine is never judged here: its staleness bound applies.
+    """
+    if not tag:
+        return False
+    pid_text, _, rest = tag.partition("@")
+    host, _, writer = rest.rpartition("#")
+    if writer == store.writer_id:
+        return running not in _RUNNING
+    if host != this_host() or not pid_text.isdigit():
+        return False
+    return not pid_alive(int(pid_text))
 
 
 async def idempotent(
@@ -28,41 +63,66 @@ async def idempotent(
     run: Callable[[str | None], Awaitable[BaseModel]],
     *,
     stale_after_s: float,
+    wait_s: float = 0.0,
 ) -> Any:
     """Run ``run`` once per ``key`` (``run(None)`` when there is no key) and return its result.
 
-    ``run`` gets the backend dedupe key derived from the key. A retry with the same key and
-    parameters gets the stored result with ``replayed=True``; other parameters, or a first call
-    still running, raise :class:`IdempotencyConflict`. A claim older than ``stale_after_s`` is
-    taken over (its call died).
+    ``run`` gets the backend dedupe key derived from the key. A repeat with the same key and
+    parameters gets the stored result with ``replayed=True``; while the first call is still
+    running, a repeat waits for it up to ``wait_s`` (the caller's ``timeout_s``) and then gets
+    its result too. Other parameters raise :class:`IdempotencyConflict`, and so does a first
+    call still running after ``wait_s``. A claim whose process is gone (see :func:`owner_gone`)
+    is taken over at once; any claim older than ``stale_after_s`` is taken over too.
     """
     if key is None:
         return await run(None)
-    if not key.strip() or len(key) > 200:
-        raise InvalidArgument("idempotency_key must be 1-200 characters")
+    if not key.strip() or len(key) > limits.IDEMPOTENCY_KEY:
+        raise InvalidArgument(f"idempotency_key must be 1-{limits.IDEMPOTENCY_KEY} characters (got {len(key):,})")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-    rec = await store.idem_claim(principal, tool, key, digest, stale_after_ms=int(stale_after_s * 1000))
-    if rec is not None:
+    me = owner_tag(store)
+    running = (store.writer_id, principal, tool, key)
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        rec = await store.idem_claim(principal, tool, key, digest, stale_after_ms=int(stale_after_s * 1000), owner=me)
+        if rec is None:
+            break
         if rec.params_hash != digest:
             raise IdempotencyConflict(
-                f"idempotency_key {key!r} was already used for a {tool} call with other parameters; "
+                f"idempotency_key {quote(key)} was already used for a {tool} call with other parameters; "
                 "use a new key for a new request"
             )
         if rec.state == "done" and rec.result:
             return model.model_validate_json(rec.result).model_copy(update={"replayed": True})
-        raise IdempotencyConflict(
-            f"a {tool} call with idempotency_key {key!r} is still in progress; retry in a few seconds"
-        )
+        if owner_gone(store, rec.result, running) and await store.idem_takeover(
+            principal, tool, key, previous=rec.result, owner=me
+        ):
+            log.info("took over idempotency key of a %s call whose process is gone", tool)
+            break
+        if time.monotonic() + delay > deadline:
+            raise IdempotencyConflict(
+                f"a {tool} call with idempotency_key {quote(key)} is still in progress; retry in a few seconds"
+            )
+        await anyio.sleep(delay)  # the first call is writing: its result is moments away
+        delay = min(delay * 2, POLL_MAX_S)
     dedupe = hashlib.sha256(f"{principal}\x1f{tool}\x1f{key}".encode()).hexdigest()
     result: BaseModel | None = None
+    _RUNNING.add(running)
     try:
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await run(dedupe)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.idem_release(principal, tool, key)
+                except Exception:
+                    # the claim stays pending; this process takes it over on the next repeat
+                    log.warning("could not release the idempotency key of a failed %s call", tool, exc_info=True)
+            raise
+        assert result is not None
         with anyio.CancelScope(shield=True):
-            result = await run(dedupe)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await store.idem_release(principal, tool, key)
-        raise
-    assert result is not None
-    with anyio.CancelScope(shield=True):
-        await store.idem_complete(principal, tool, key, result.model_dump_json())
-    return result
+            await store.idem_complete(principal, tool, key, result.model_dump_json())
+        return result
+    finally:
+        _RUNNING.discard(running)

@@ -16,7 +16,12 @@ import secrets
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
-from .errors import BadCursor, InvalidArgument, UnknownSession
+from .errors import BadCursor, InvalidArgument, UnknownSession, quote
+
+MAX_CURSOR_CHARS = 4096
+"""Longer than any cursor this server hands out; a longer one is refused before decoding."""
+MAX_OFFSET = 10_000_000
+"""Beyond any message text this server keeps (offsets index into one message's text)."""
 
 
 def new_native_id() -> str:
@@ -55,11 +60,10 @@ def count_position(after: str | None) -> int | None:
     is not a non-negative integer. Backends raise their own error for that."""
     if after is None:
         return 0
-    try:
-        n = int(after)
-    except ValueError:
+    # only plain decimals: int() would also take "1_0", " 0", "٠", and numbers SQLite cannot hold
+    if not (after.isascii() and after.isdigit() and len(after) <= 18):
         return None
-    return n if n >= 0 else None
+    return int(after)
 
 
 def parse_handle(session_id: str, known: list[str]) -> Handle:
@@ -67,7 +71,7 @@ def parse_handle(session_id: str, known: list[str]) -> Handle:
     backend, sep, native = (session_id or "").strip().partition(":")
     if not sep or not native or backend not in known or "/" in native:
         if sep and native and backend and backend not in known:
-            raise UnknownSession(session_id) from InvalidArgument(f"backend {backend!r} is not enabled")
+            raise UnknownSession(session_id) from InvalidArgument(f"backend {quote(backend)} is not enabled")
         raise UnknownSession(session_id)
     return Handle(backend, native)
 
@@ -98,16 +102,25 @@ def encode_cursor(session_id: str, position: str | None, offset: int = 0) -> str
 
 def decode_cursor(session_id: str, cursor: str) -> tuple[str | None, int]:
     """Back to ``(position, offset)``; raises :class:`BadCursor` on anything else."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise BadCursor("not a cursor of this server")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadCursor("not a cursor of this server") from None
-    if not isinstance(payload, dict) or payload.get("s") != _fingerprint(session_id):  # pyright: ignore[reportUnknownMemberType]
+    if not isinstance(payload, dict) or not isinstance(payload.get("s"), str):  # pyright: ignore[reportUnknownMemberType]
+        raise BadCursor("not a cursor of this server")
+    if payload.get("s") != _fingerprint(session_id):  # pyright: ignore[reportUnknownMemberType]
         raise BadCursor("it belongs to another session")
     position = payload.get("p")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     offset = payload.get("o", 0)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-    if (position is not None and not isinstance(position, str)) or not isinstance(offset, int) or offset < 0:
+    if (
+        (position is not None and not isinstance(position, str))
+        or not isinstance(offset, int)
+        or isinstance(offset, bool)
+        or not 0 <= offset <= MAX_OFFSET
+    ):
         raise BadCursor("malformed")
     return position, offset
 
@@ -120,10 +133,14 @@ def encode_page_token(data: dict[str, object]) -> str:
 
 def decode_page_token(token: str) -> dict[str, object]:
     """Inverse of :func:`encode_page_token`; raises :class:`InvalidArgument`."""
+    bad = InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call")
+    if len(token) > MAX_CURSOR_CHARS:
+        raise bad
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument("bad cursor for list_sessions: pass next_cursor from a previous call")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    # every value is a backend's own page token: anything else is forged, not "start over"
+    if not isinstance(data, dict) or not data or not all(isinstance(v, str) for v in data.values()):  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
+        raise bad
     return data  # pyright: ignore[reportUnknownVariableType]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import limits
 from .ids import Handle, encode_cursor
 from .models import Message, Session, SessionRecord, StoredMessage, TextPart
 
@@ -15,7 +16,7 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
     return Session(
         id=str(h),
         backend=backend,
-        title=rec.title,
+        title=limits.clip(rec.title, limits.TITLE),
         status=rec.status,
         error=rec.error,
         created_at=rec.created_at,
@@ -23,8 +24,8 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
         message_count=rec.message_count,
         transcript_uri=h.transcript_uri,
         messages_uri=h.messages_uri,
-        model=rec.model,
-        agent=rec.agent,
+        model=limits.clip(rec.model, limits.MODEL),
+        agent=limits.clip(rec.agent, limits.AGENT),
         pending=rec.pending,
     )
 

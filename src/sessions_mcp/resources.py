@@ -5,7 +5,7 @@ import json
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
-from .errors import SessionsError, UnknownSession, UserError
+from .errors import SessionsError, UnknownSession, UserError, quote
 from .models import Message, Session
 from .principal import current_principal
 from .render import transcript_markdown
@@ -35,7 +35,7 @@ async def _load(service: SessionService, backend: str, native_id: str) -> tuple[
                 break
         return session, messages[:RESOURCE_MESSAGES], more
     except UnknownSession:
-        raise ResourceNotFoundError(f"unknown session {session_id!r}; read sessions://index") from None
+        raise ResourceNotFoundError(f"unknown session {quote(session_id)}; read sessions://index") from None
     except UserError as exc:
         raise ResourceNotFoundError(str(exc)) from None
     except SessionsError as exc:

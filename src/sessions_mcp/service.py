@@ -17,14 +17,16 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from . import limits
 from .backends.base import CreateRequest, SessionBackend, SessionQuery
-from .errors import InvalidArgument, Unsupported
+from .errors import InvalidArgument, Unsupported, quote
 from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
 from .models import BackendInfo, Pending, Role, Session, Status, StoredMessage
 from .paging import fit, public_session
 from .results import CreateSessionResult, DeleteResult, ListMessagesResult, ListSessionsResult, SendMessageResult
 from .store.base import Store
+from .store.deadline import writes_within
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
@@ -135,11 +137,16 @@ class SessionService:
         h = parse_handle(session_id, list(self.backends))
         return h, self.backends[h.backend]
 
+    def _public_id(self, query: str) -> Handle | None:
+        backend, sep, native = query.strip().partition(":")
+        return Handle(backend, native) if sep and native and backend in self.backends else None
+
     def backend_named(self, name: str | None) -> SessionBackend:
         """The backend called ``name`` (default when None)."""
+        limits.check(name, "backend", limits.BACKEND)
         name = name or self.default_backend
         if name not in self.backends:
-            raise InvalidArgument(f"unknown backend {name!r}; enabled backends: {', '.join(self.backends)}")
+            raise InvalidArgument(f"unknown backend {quote(name)}; enabled backends: {', '.join(self.backends)}")
         return self.backends[name]
 
     def agents(self) -> list[dict[str, Any]]:
@@ -178,8 +185,10 @@ class SessionService:
         be = self.backend_named(backend)
         if prompt is not None:
             _check_text(prompt, "prompt")
-        if title is not None and len(title) > 500:
-            raise InvalidArgument("title is longer than 500 characters")
+        limits.check(title, "title", limits.TITLE)
+        limits.check(model, "model", limits.MODEL)
+        limits.check(system, "system", limits.SYSTEM)
+        limits.check(agent, "agent", limits.AGENT)
         if system is not None and not be.capabilities.system_prompt:
             raise Unsupported(be.name, "take a system prompt", "leave system empty")
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
@@ -203,10 +212,11 @@ class SessionService:
                 status=created.session.status,
             )
 
-        first: CreateSessionResult = await idempotent(
-            self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
-            stale_after_s=timeout_s + 120,
-        )  # fmt: skip
+        with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most
+            first: CreateSessionResult = await idempotent(
+                self.store, principal, "create_session", idempotency_key, params, CreateSessionResult, write,
+                stale_after_s=timeout_s + 120, wait_s=timeout_s,
+            )  # fmt: skip
         if first.replayed or prompt is None:
             return first
         rec = await be.get_session(principal, first.session.id.partition(":")[2])
@@ -258,10 +268,11 @@ class SessionService:
                 status=rec.status,
             )
 
-        first: SendMessageResult = await idempotent(
-            self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
-            stale_after_s=timeout_s + 120,
-        )  # fmt: skip
+        with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most
+            first: SendMessageResult = await idempotent(
+                self.store, principal, "send_message", idempotency_key, params, SendMessageResult, write,
+                stale_after_s=timeout_s + 120, wait_s=timeout_s,
+            )  # fmt: skip
         if first.replayed or role == "assistant":
             return first
         return await self._finish_wait(principal, be, first, wait, timeout_s, max_chars, progress, ask)
@@ -469,6 +480,11 @@ class SessionService:
         """Sessions of one backend, or of every enabled backend merged by recency."""
         if not 1 <= limit <= 200:
             raise InvalidArgument(f"limit must be between 1 and 200 (got {limit})")
+        limits.check(query, "query", limits.QUERY)
+        if query is not None and not backend:
+            named = self._public_id(query)
+            if named is not None:  # a session id as tools hand it out: look in its backend, by native id
+                backend, query = named.backend, named.native_id
         names = [self.backend_named(backend).name] if backend else list(self.backends)
         state: dict[str, object] = decode_page_token(cursor) if cursor else {}
         if cursor and set(state) - set(names):
@@ -497,8 +513,7 @@ class SessionService:
         h, be = self.handle(session_id)
         if not title.strip():
             raise InvalidArgument("title is empty")
-        if len(title) > 500:
-            raise InvalidArgument("title is longer than 500 characters")
+        limits.check(title, "title", limits.TITLE)
         if not be.capabilities.rename:
             raise Unsupported(be.name, "rename sessions")
         rec = await be.rename_session(principal, h.native_id, title.strip())

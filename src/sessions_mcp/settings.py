@@ -160,6 +160,20 @@ class HttpSettings(BaseModel):
     )
     public_url: str = Field(default="", description="External URL of /mcp, for OAuth metadata.")
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    request_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="A connection that has not sent a whole request (headers and body) by then is closed.",
+    )
+    max_connections: int = Field(
+        default=1000, gt=0, description="Open connections at most; lowered to fit the descriptor limit (ulimit -n)."
+    )
+    max_sessions_per_principal: int = Field(
+        default=500, gt=0, le=10_000, description="Protocol sessions one principal may hold open (429 past it)."
+    )
+    session_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="A protocol session with no request for this long is closed."
+    )
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", "required_scopes", mode="before")(_split_csv)
 

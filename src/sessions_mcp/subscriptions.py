@@ -280,6 +280,9 @@ class Notifier:
             conn = self.legacy.get(conn_key)
             if conn is None:
                 conn = self.legacy[conn_key] = _LegacyConn(ctx.session, current_principal())
+                # a client may leave without unsubscribing: release its subscriptions when its
+                # connection ends, or they keep the change feed polling and every write fanning out
+                conn_key.exit_stack.callback(self.forget_connection, conn_key)
             uri = str(params.uri)
             if uri not in conn.uris:
                 conn.uris.add(uri)

@@ -4,7 +4,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, ParamSpec
+from typing import Annotated, Literal, ParamSpec
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -12,6 +12,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ClientCapabilities, ElicitationCapability, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from . import arguments
 from .apps import TOOL_META
 from .audit import TRAIL
 from .errors import SessionsError
@@ -35,7 +36,9 @@ P = ParamSpec("P")
 SessionId = Annotated[
     str, Field(description="Session id as returned by create_session/list_sessions, e.g. 'local:9f1c…'.")
 ]
-Timeout = Annotated[float, Field(ge=0, le=600, description="Seconds to wait for a reply before returning.")]
+Timeout = Annotated[
+    float, Field(ge=0, le=600, allow_inf_nan=False, description="Seconds to wait for a reply before returning.")
+]
 MaxChars = Annotated[
     int,
     Field(
@@ -263,7 +266,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         session_id: SessionId,
         text: Annotated[str, Field(description="The message text.")],
         role: Annotated[
-            Role,
+            Literal["user", "assistant"],
             Field(description="'user' asks the agent; 'assistant' answers a local mailbox session (agent-to-agent)."),
         ] = "user",
         wait: Annotated[
@@ -314,7 +317,12 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         roles: Annotated[list[Role] | None, Field(description="Only these roles.")] = None,
         wait_s: Annotated[
             float,
-            Field(ge=0, le=300, description="When nothing is new, wait up to this many seconds for a message."),
+            Field(
+                ge=0,
+                le=300,
+                allow_inf_nan=False,
+                description="When nothing is new, wait up to this many seconds for a message.",
+            ),
         ] = 0,
         max_chars: MaxChars = DEFAULT_MAX_CHARS,
     ) -> Annotated[CallToolResult, ListMessagesResult]:
@@ -415,9 +423,9 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
     # after the store (bench budget 2). The SDK documents this state ("a schema published without a
     # model is advertised but not validated"); the SDK client in the contract suite still validates
     # every result against the schema.
-    for tool in manager.list_tools():
-        if tool.name in before:
-            continue
+    ours = [tool for tool in manager.list_tools() if tool.name not in before]
+    for tool in ours:
         if tool.fn_metadata.output_schema is None:
             raise RuntimeError(f"tool {tool.name!r} has no published output schema")
         tool.fn_metadata.output_model = None
+    arguments.install(ours)

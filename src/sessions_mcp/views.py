@@ -33,6 +33,7 @@ from .models import (
     ToolCallPart,
     ToolResultPart,
 )
+from .terminal import printable
 
 if TYPE_CHECKING:
     from .service import SessionService
@@ -124,7 +125,9 @@ def session_table(sessions: list[Session], *, width: int, now: datetime | None =
         title = s.title or ""
         if s.status is Status.FAILED and s.error:
             title = f"{title} (error: {s.error})" if title else f"(error: {s.error})"
-        rows.append((s.id, s.status.value, f"{_age(s.updated_at, now)} ago", str(s.message_count), title))
+        rows.append(
+            (printable(s.id), s.status.value, f"{_age(s.updated_at, now)} ago", str(s.message_count), printable(title))
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines: list[str] = []
     for r in rows:
@@ -202,7 +205,7 @@ def session_header(s: Session) -> list[str]:
 
 def _emit(out: TextIO, lines: Iterable[str]) -> None:
     for line in lines:
-        out.write(line + "\n")
+        out.write(printable(line) + "\n")  # a line break left inside a line is shown, not obeyed
     out.flush()
 
 
@@ -297,7 +300,7 @@ async def _tail(service: SessionService, principal: str, session_id: str, lines_
         "reading the transcript", lambda: _all_messages(service, principal, session_id)
     )
     title = f' "{session.title}"' if session.title else ""
-    sys.stderr.write(f"following {session.id}{title} [{session.status.value}]; Ctrl-C to stop\n")
+    sys.stderr.write(printable(f"following {session.id}{title} [{session.status.value}]; Ctrl-C to stop") + "\n")
     sys.stderr.flush()
     recent: deque[Message] = deque(maxlen=lines_wanted or None)
     if lines_wanted:
@@ -382,10 +385,10 @@ def run(command: str, settings: Settings, args: argparse.Namespace, *, out: Text
             try:
                 return await dispatch(service)
             except ViewError as exc:
-                sys.stderr.write(f"sessions-mcp {command}: {exc}\n")
+                sys.stderr.write(printable(f"sessions-mcp {command}: {exc}") + "\n")
                 return 1
             except SessionsError as exc:
-                sys.stderr.write(f"sessions-mcp {command}: {exc}\n")
+                sys.stderr.write(printable(f"sessions-mcp {command}: {exc}") + "\n")
                 return 2
 
     return anyio.run(main)

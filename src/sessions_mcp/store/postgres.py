@@ -189,6 +189,11 @@ class PostgresStore(Store):
                 f"{where} refused access ({msg}); grant the user rights on the database or schema, "
                 "or set SESSIONS_MCP_LOCAL__DB to another URL"
             )
+        if isinstance(exc, pg_errors.DiskFull):
+            return StoreUnavailable(
+                f"the disk of the PostgreSQL server behind {where} is full ({msg}): nothing was written. "
+                "Free space on the database server (its data directory), then retry"
+            )
         if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
             return StoreUnavailable(f"{where} is read-only (a standby?); point SESSIONS_MCP_LOCAL__DB at the primary")
         if isinstance(exc, psycopg.OperationalError):

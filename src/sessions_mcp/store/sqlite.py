@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -31,22 +32,28 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from ..errors import StoreBusy, StoreUnavailable
+from . import lockholder
 from .base import Store
+from .deadline import bound
 from .dialect import Body, Retry, Row, Tx, run_sync, to_sqlite
 from .migrations import SQLITE_MIGRATIONS, migrate
-from .rows import TURN_LOST, new_writer_id, now_ms, this_host
+from .rows import TURN_LOST, claim_is_dead, new_writer_id, now_ms, this_host
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+FULL_BELOW_BYTES = 1_048_576
+"""An I/O error with less free space than this on the store's filesystem is reported as a full disk."""
 
 
 class _SqliteTx:
     """:class:`~.dialect.Tx` on one sqlite3 connection (every call completes at once)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("busy_ms", "conn")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, busy_ms: int = 0) -> None:
         self.conn = conn
+        self.busy_ms = busy_ms
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self.conn.execute(to_sqlite(sql), args).rowcount
@@ -112,7 +119,7 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_size_limit = 67108864")
         for pragma in pragmas:
             conn.execute(f"PRAGMA {pragma}")
-        return _SqliteTx(conn)
+        return _SqliteTx(conn, int(self.busy_timeout_s * 1000))
 
     def _open_sync(self) -> None:
         with self._open_lock:
@@ -127,13 +134,30 @@ class SqliteStore(Store):
                 ) from None
             try:
                 writer = self._connect()
-                mode = writer.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = writer.conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = writer.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     log.warning("could not switch %s to WAL (journal_mode=%s)", self.path, mode)
                 where = f"the local store {str(self.path)!r}"
-                self._in_transaction(writer, lambda tx: migrate(tx, SQLITE_MIGRATIONS, where=where, bigint="INTEGER"))
+                # the write lock only when there is something to write: a process that holds it (or
+                # froze holding it) must not stop another from opening the store and reading
+                deadline = time.monotonic() + self.busy_timeout_s
+                if self._needs_migration(writer):
+                    self._with_retry(
+                        lambda: self._in_transaction(
+                            writer, lambda tx: migrate(tx, SQLITE_MIGRATIONS, where=where, bigint="INTEGER")
+                        ),
+                        deadline,
+                    )
                 # a turn whose process died (kill -9, power loss) must not stay "running" forever
-                self._in_transaction(writer, lambda tx: self._recover_turns(tx, this_host(), TURN_LOST))
+                if self._needs_recovery(writer):
+                    self._with_retry(
+                        lambda: self._in_transaction(
+                            writer, lambda tx: self._recover_turns(tx, this_host(), TURN_LOST)
+                        ),
+                        deadline,
+                    )
                 reader = self._connect("query_only = ON")
                 # never waits: a busy read falls back to a thread
                 inline = self._connect("query_only = ON", "busy_timeout = 0")
@@ -142,11 +166,62 @@ class SqliteStore(Store):
             self._writer, self._reader, self._inline = writer, reader, inline
             self._data_version = None
 
+    @staticmethod
+    def _needs_migration(tx: _SqliteTx) -> bool:
+        """Whether :func:`migrate` has anything to do (read-only)."""
+        try:
+            applied = {r[0] for r in tx.conn.execute("SELECT name FROM schema_migrations").fetchall()}
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return True
+            raise
+        return applied != {name for name, _ in SQLITE_MIGRATIONS}
+
+    @staticmethod
+    def _needs_recovery(tx: _SqliteTx) -> bool:
+        """Whether a claimed agent turn's runner is gone (read-only; the write re-checks)."""
+        rows = tx.conn.execute("SELECT pid, host, lease_until FROM agent_turns WHERE runner IS NOT NULL").fetchall()
+        host, now = this_host(), now_ms()
+        return any(
+            claim_is_dead(claim_host=h, claim_pid=pid, lease_until=int(lease), host=host, now=now)
+            for pid, h, lease in rows
+        )
+
+    def _busy(self) -> StoreBusy:
+        where = f"the local store {str(self.path)!r}"
+        return StoreBusy(
+            f"{where} stayed locked by another process for over {self.busy_timeout_s:g}s "
+            f"({lockholder.describe(self.path)}); nothing was written, retry"
+        )
+
+    def _full(self, msg: str) -> StoreUnavailable | None:
+        """The disk-full error, when ``msg`` is SQLite's "disk is full", or an I/O error on a full disk."""
+        lowered = msg.lower()
+        if "disk is full" not in lowered and "disk i/o error" not in lowered:
+            return None
+        try:
+            usage = shutil.disk_usage(self.path.parent)
+        except OSError:
+            usage = None
+        if "disk is full" not in lowered and (usage is None or usage.free > FULL_BELOW_BYTES):
+            return None  # an I/O error with room on the disk: some other fault
+        free = f"{usage.free / 1_048_576:.1f} MiB free of {usage.total / 1_048_576:.0f} MiB" if usage else "no room"
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        return StoreUnavailable(
+            f"the filesystem holding the local store {str(self.path)!r} is full ({free}): nothing was written. "
+            f"Free space on it (the store needs room for its write-ahead log, {wal_size / 1_048_576:.1f} MiB now), "
+            "or move the store with SESSIONS_MCP_LOCAL__DB; then retry"
+        )
+
     def _explain(self, exc: sqlite3.Error) -> StoreUnavailable | StoreBusy:
         msg = str(exc)
         where = f"the local store {str(self.path)!r}"
         if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-            return StoreBusy(f"{where} stayed locked by another process for over {self.busy_timeout_s:g}s; retry")
+            return self._busy()
+        full = self._full(msg)
+        if full is not None:
+            return full
         if "readonly" in msg or "read-only" in msg:
             return StoreUnavailable(
                 f"{where} is read-only; make it writable or set SESSIONS_MCP_LOCAL__DB to a writable path"
@@ -186,8 +261,13 @@ class SqliteStore(Store):
 
     # running statements ---------------------------------------------------------------------
 
-    def _with_retry(self, fn: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.busy_timeout_s * 3
+    def _with_retry(self, fn: Callable[[], T], deadline: float) -> T:
+        """Run ``fn``, retrying while the database is busy, until ``deadline`` (monotonic).
+
+        A call waits at most one busy timeout in all: the deadline is set when it starts, covers
+        its wait for this process's connection too, and each attempt's SQLite busy wait is cut to
+        what is left (one frozen lock holder made five queued writes answer at 30, 60, ... 150 s).
+        """
         delay = 0.01
         while True:
             try:
@@ -205,13 +285,31 @@ class SqliteStore(Store):
 
     async def _write(self, body: Body[T]) -> T:
         def run() -> T:
+            deadline = bound(time.monotonic() + self.busy_timeout_s)
             self._open_sync()
-            with self._wlock:
+            if not self._wlock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                raise self._busy()  # another call of ours is still waiting for the same lock
+            try:
                 tx = self._writer
                 assert tx is not None
-                return self._with_retry(lambda: self._in_transaction(tx, body))
+
+                def attempt() -> T:
+                    self._limit_wait(tx, deadline)
+                    return self._in_transaction(tx, body)
+
+                return self._with_retry(attempt, deadline)
+            finally:
+                self._wlock.release()
 
         return await anyio.to_thread.run_sync(run)
+
+    def _limit_wait(self, tx: _SqliteTx, deadline: float) -> None:
+        """Let SQLite's busy handler wait no longer than the time left before ``deadline``."""
+        left_ms = max(int((deadline - time.monotonic()) * 1000), 1)
+        wanted = min(left_ms, int(self.busy_timeout_s * 1000))
+        if tx.busy_ms != wanted:
+            tx.conn.execute(f"PRAGMA busy_timeout = {wanted}")
+            tx.busy_ms = wanted
 
     async def _read(self, body: Body[T], *, consistent: bool = False, inline: bool = True) -> T:
         """Run a read. Without ``consistent`` it is one statement, which SQLite already reads from
@@ -232,7 +330,7 @@ class SqliteStore(Store):
                     finally:
                         tx.conn.execute("COMMIT")
 
-                return self._with_retry(attempt)
+                return self._with_retry(attempt, time.monotonic() + self.busy_timeout_s)
 
         done = self._read_inline(body, consistent) if inline else _MISS
         if not isinstance(done, _Miss):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from anyio.abc import TaskGroup
 
 from ...diagnostics import Check
-from ...errors import InvalidArgument, UnknownSession, Unsupported
+from ...errors import InvalidArgument, UnknownSession, Unsupported, quote
 from ...ids import count_position
 from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
 from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
@@ -246,7 +246,7 @@ class LocalBackend(SessionBackend):
             if spec is None and agent != self.default_agent:
                 choices = ["none", *(n for n, s in self.specs.items() if s.available)]
                 raise InvalidArgument(
-                    f"agent {agent!r} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
+                    f"agent {quote(agent)} is not configured on this server (SESSIONS_MCP_LOCAL__AGENT="
                     f"{self.settings.agent}); use one of: {', '.join(choices)}, or leave agent empty"
                 )
             if spec is not None and not spec.available and req.agent:
