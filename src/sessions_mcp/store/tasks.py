@@ -24,6 +24,7 @@ _COLS = (
     "created_at, updated_at, ttl_ms"
 )
 _LIVE = "(status = 'working' OR created_at + ttl_ms > ?)"
+_PRUNE = "DELETE FROM tasks WHERE status <> 'working' AND created_at + ttl_ms <= ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,9 @@ class Tasks(Engine):
     """Creating, reading, ending and pruning tasks."""
 
     async def task_create(self, row: TaskRow) -> None:
-        """Store a new task (durably: a ``task_get`` from any process finds it once this returns)."""
+        """Store a new task (durably: a ``task_get`` from any process finds it once this returns).
+
+        Ended tasks whose time is up are deleted in the same transaction (no write of its own)."""
 
         async def body(tx: Tx) -> None:
             await tx.run(
@@ -74,6 +77,7 @@ class Tasks(Engine):
                 (row.id, row.owner, row.tool, row.session_id, row.era, row.status, row.status_message, row.first,
                  row.max_chars, row.result, row.error, row.created_at, row.updated_at, row.ttl_ms),
             )  # fmt: skip
+            await tx.run(_PRUNE, (row.created_at,))
 
         await self._write(body)
 
@@ -144,6 +148,6 @@ class Tasks(Engine):
         """Delete ended tasks whose time is up; returns how many."""
 
         async def body(tx: Tx) -> int:
-            return await tx.run("DELETE FROM tasks WHERE status <> 'working' AND created_at + ttl_ms <= ?", (now_ms(),))
+            return await tx.run(_PRUNE, (now_ms(),))
 
         return await self._write(body)

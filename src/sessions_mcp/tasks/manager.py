@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from anyio.abc import TaskGroup
 from mcp.types import CallToolResult, TextContent
 
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 ENDED = (Status.IDLE, Status.FAILED)
 FOLLOW_WAKE_S = 30.0
 """A followed task is re-read at least this often even when its session reports no change."""
-PRUNE_EVERY_S = 600.0
 
 Listener = Callable[[TaskView], Awaitable[None]]
 
@@ -102,19 +100,8 @@ class TaskManager:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
-        """Run housekeeping (pruning expired tasks) in ``tg`` while the server runs."""
+        """Follow tasks in ``tg`` while the server runs (expired tasks are pruned as new ones are stored)."""
         self._tg = tg
-        tg.start_soon(self._prune_forever)
-
-    async def _prune_forever(self) -> None:
-        while True:
-            try:
-                pruned = await self.store.task_prune()
-                if pruned:
-                    log.info("pruned %d expired task(s)", pruned)
-            except Exception:
-                log.warning("could not prune expired tasks", exc_info=True)
-            await anyio.sleep(PRUNE_EVERY_S)
 
     # --- creating -------------------------------------------------------------------------
 
