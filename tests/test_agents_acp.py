@@ -261,3 +261,13 @@ async def test_tool_calls_are_in_the_transcript_while_the_turn_still_runs(one: R
         assert page["status"] == "running"  # the model's final answer is still 60 s away
         assert (one.home.work / "live.txt").exists()
         await ok(c, "interrupt_session", session_id=sid)
+
+
+async def test_deny_refuses_at_once(one: Rig) -> None:
+    async with one.client(permissions="deny") as c:
+        r = await ok(c, "create_session", agent="claude", workdir=str(one.home.work), prompt="WRITE policy.txt")
+        assert r["status"] == "idle", r
+        sid = r["session"]["id"]
+        notes = [m["text"] for m in await messages(c, sid, roles=["tool"])]
+        assert any("policy deny" in t for t in notes), notes
+    assert not (one.home.work / "policy.txt").exists()

@@ -240,8 +240,8 @@ async def test_interrupt_kills_the_whole_process_group(tmp_path: Path, make_sett
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         "grand = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        "print('working', flush=True)\n"  # before the pids file: the test interrupts once that appears
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}} {{grand.pid}}\\n')\n"
-        "print('working', flush=True)\n"
         "time.sleep(600)\n",
     )
     async with served(make_settings, agent_command=shlex.join([PY, str(agent)])) as c:

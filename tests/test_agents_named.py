@@ -141,3 +141,102 @@ def test_transcript_folds_each_tool_call_to_one_line() -> None:
     assert "echo hi > out.txt" in line and "(completed)" in line
     assert "- [completed] write the file" in md
     assert msg.parts[1].output == "done"  # pyright: ignore[reportAttributeAccessIssue]
+
+
+async def test_acp_updates_become_parts_in_order(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """The translator on the SDK's own models, parsed from the JSON agents send (Gemini's lifecycle:
+    the tool call first seen in a permission request, then its update; Claude's plan and thoughts)."""
+    from acp.schema import SessionNotification, ToolCallUpdate
+
+    from sessions_mcp.backends.base import CreateRequest
+    from sessions_mcp.backends.local.agents.acp.updates import Translator
+    from sessions_mcp.backends.local.agents.turnio import TurnIO
+    from sessions_mcp.backends.local.backend import LocalBackend
+    from sessions_mcp.store.sqlite import SqliteStore
+
+    settings = make_settings()
+    store = SqliteStore(str(tmp_path / "t.db"))
+    backend = LocalBackend(store, settings.local)
+    await store.open()
+    try:
+        created = await backend.create_session(CreateRequest(principal="p", prompt=None))
+        sid = created.session.native_id
+        io = TurnIO(backend, "p", sid, limit=10_000)
+        tr = Translator(io)
+
+        def update(u: dict[str, Any]) -> Any:
+            return SessionNotification.model_validate({"sessionId": "s", "update": u}).update
+
+        await tr.update(update({"sessionUpdate": "agent_thought_chunk", "content": {"type": "text", "text": "hmm"}}))
+        await tr.update(
+            update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "I will "}})
+        )
+        await tr.update(update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "write"}}))
+        await tr.update(update({"sessionUpdate": "plan", "entries": [
+            {"content": "write the file", "priority": "high", "status": "in_progress"}]}))  # fmt: skip
+        asked = ToolCallUpdate.model_validate({"toolCallId": "t1", "status": "pending", "title": "echo hi > out.txt",
+                                               "kind": "execute", "rawInput": {"command": "echo hi > out.txt"}})  # fmt: skip
+        await tr.track(asked)
+        await tr.update(update({"sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "completed",
+                                "content": [{"type": "content", "content": {"type": "text", "text": "done"}}]}))  # fmt: skip
+        await tr.update(update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "Done."}}))
+        await tr.finish()
+        page = await store.list_messages("p", sid, after_seq=0, limit=10)
+        assert page is not None
+        rows = page[1]
+        assert [r.role for r in rows] == ["assistant", "tool"]
+        assert [p["type"] for p in rows[0].parts] == ["thinking", "text", "plan"]
+        assert rows[0].text.startswith("I will write")
+        call, result = rows[1].parts
+        assert (call["type"], call["name"], call["title"], call["status"]) == (
+            "tool_call",
+            "execute",
+            "echo hi > out.txt",
+            "completed",
+        )
+        assert call["input"] == {"command": "echo hi > out.txt"}
+        assert (result["tool_call_id"], result["status"], result["text"]) == ("t1", "completed", "done")
+        assert io.segment == [{"type": "text", "text": "Done."}]  # the rest is written when the turn ends
+    finally:
+        await store.close()
+
+
+async def test_slots_evict_the_least_recently_used_idle_process_then_queue_then_reap() -> None:
+    import anyio
+
+    from sessions_mcp.backends.local.agents.slots import Slots
+
+    stopped: list[str] = []
+
+    class Keeper:  # an agent that keeps a process after each turn, like the ACP agent
+        def idle_closer(self, session_id: str) -> Any:
+            async def close() -> None:
+                stopped.append(session_id)
+
+            return close
+
+    slots, agent = Slots(2), Keeper()
+    for sid in ("a", "b"):
+        async with slots.hold(sid, agent):
+            pass
+    assert list(slots.idle) == ["a", "b"] and not stopped
+    async with slots.hold("a", agent):  # a's own process: no eviction
+        assert stopped == []
+    async with slots.hold("c", agent):  # full: the least recently used idle one (b) goes
+        assert stopped == ["b"]
+        queued = anyio.Event()
+
+        async def d_turn() -> None:
+            async with slots.hold("d", agent, on_queue=lambda: _set(queued)):
+                pass
+
+        # e takes a's idle slot; d must wait for a turn to end
+        async with anyio.create_task_group() as tg, slots.hold("e", agent):
+            tg.start_soon(d_turn)
+            await queued.wait()
+    await slots.reap(idle_s=0)
+    assert not slots.idle and set(stopped) == {"a", "b", "c", "d", "e"}
+
+
+async def _set(event: Any) -> None:
+    event.set()

@@ -94,7 +94,7 @@ def instructions(service: SessionService) -> str:
         "list_messages(after=cursor, wait_s=...), reply with send_message. Waiting never stops an agent;",
         "only interrupt_session does. Status: idle, running, awaiting_reply (no agent attached: another",
         "client answers with send_message(role='assistant'); list_sessions(status='awaiting_reply') is the",
-        "inbox), failed (see error).",
+        "inbox), failed (see error), needs_input (the agent asks; see pending).",
         f"Backends: {', '.join(service.backends)}; default for new sessions: {service.default_backend}.",
     ]
     for info in service.infos():

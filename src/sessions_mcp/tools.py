@@ -244,7 +244,8 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         Returns the session, the message(s) written and any reply, the session status and a cursor
         for list_messages. On timeout the agent keeps working (status 'running'): follow it with
         list_messages(after=cursor, wait_s=…). 'awaiting_reply' means no agent is attached and
-        another client must answer with send_message(role='assistant').
+        another client must answer with send_message(role='assistant'). 'needs_input' means the
+        agent asks for a permission or an answer (`pending`): answer with send_message.
         """
         timeout_s = min(timeout_s, MAX_CALL_WAIT_S)
         r = await service.create_session(
@@ -361,7 +362,10 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         backend: Annotated[str | None, Field(description=f"Only this backend ({names}); default all.")] = None,
         status: Annotated[
             Status | list[Status] | None,
-            Field(description="Only sessions in this status (or these). 'awaiting_reply' is the mailbox inbox."),
+            Field(
+                description="Only sessions in this status (or these). 'awaiting_reply' is the mailbox inbox; "
+                "'needs_input' lists agents waiting for your permission or answer."
+            ),
         ] = None,
         query: Annotated[str | None, Field(description="Text to find in titles (or an exact id).")] = None,
         cursor: Annotated[str | None, Field(description="next_cursor from a previous call.")] = None,

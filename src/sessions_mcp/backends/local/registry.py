@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from ...errors import quote
+
 if TYPE_CHECKING:
     from ...settings import AgentSettings, LocalSettings
 
@@ -208,9 +210,9 @@ def check_workdir(path: str, roots: list[str]) -> str:
     real = os.path.realpath(os.path.expanduser(path))
     if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
         raise ValueError(
-            f"workdir {path!r} is outside the folders agents may use ({', '.join(roots)}); pick a folder inside "
+            f"workdir {quote(path)} is outside the folders agents may use ({', '.join(roots)}); pick a folder inside "
             "them or extend SESSIONS_MCP_LOCAL__AGENT_ROOTS"
         )
     if not os.path.isdir(real):
-        raise ValueError(f"workdir {path!r} is not an existing folder; create it first")
+        raise ValueError(f"workdir {quote(path)} is not an existing folder; create it first")
     return real

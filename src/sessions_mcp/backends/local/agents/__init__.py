@@ -556,3 +556,7 @@ class TurnRunner:
                             turn.cancel("lost")
             if beats % SWEEP_EVERY == 0:
                 await self._sweep()
+                try:
+                    await self.slots.reap()
+                except Exception:
+                    log.warning("could not stop idle agent processes", exc_info=True)

@@ -3,10 +3,13 @@
 A slot is held by a running turn, and afterwards by an ACP agent's process that stays alive for
 the session's next turn (an *idle* slot). A turn that finds no free slot first stops the least
 recently used idle process; only when every slot runs a turn does it wait (and says it is queued).
+An idle process is also stopped after :data:`IDLE_STOP_S` (its conversation is loaded again when
+the session's next turn comes).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +19,9 @@ import anyio
 
 Closer = Callable[[], Awaitable[None]]
 
+IDLE_STOP_S = 900.0
+"""An agent process kept for a session's next turn is stopped after this long unused."""
+
 
 class Slots:
     """The agent-process budget of one server (see the module docstring)."""
@@ -24,6 +30,7 @@ class Slots:
         self.limit = max(1, limit)
         self.busy: set[str] = set()
         self.idle: OrderedDict[str, Closer] = OrderedDict()
+        self.since: dict[str, float] = {}
         self._changed = anyio.Event()
 
     def _wake(self) -> None:
@@ -64,4 +71,15 @@ class Slots:
             close = keeps(session_id) if keeps is not None else None
             if close is not None:
                 self.idle[session_id] = close
+                self.since[session_id] = time.monotonic()
             self._wake()
+
+    async def reap(self, idle_s: float = IDLE_STOP_S) -> None:
+        """Stop the processes that have been idle longer than ``idle_s``."""
+        now = time.monotonic()
+        for session_id in [s for s in self.idle if now - self.since.get(s, now) > idle_s]:
+            close = self.idle.pop(session_id)
+            self.since.pop(session_id, None)
+            with anyio.CancelScope(shield=True):
+                await close()
+        self._wake()

@@ -11,6 +11,7 @@ once when it reaches ``completed`` / ``failed``, and any still open are written 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ import anyio
 
 if TYPE_CHECKING:
     from ..turnio import TurnIO
+
+log = logging.getLogger(__name__)
 
 MAX_TOOL_TEXT = 20_000
 """Characters of one tool result kept in the transcript."""
@@ -66,6 +69,7 @@ class Translator:
     async def update(self, update: Any) -> None:
         """Handle one ``session/update`` (call with :attr:`lock` held)."""
         kind = getattr(update, "session_update", None)
+        log.debug("ACP update %s", kind)
         if kind == "agent_message_chunk":
             text = getattr(update.content, "text", None)
             if text:
