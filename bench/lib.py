@@ -222,11 +222,16 @@ def ours_stats_argv() -> list[str]:
 
 
 def server_env(db: Path | str | None = None, **extra: str) -> dict[str, str]:
-    """A clean environment: no developer configuration leaks into a measurement."""
+    """A clean environment: no developer configuration leaks into a measurement.
+
+    The server runs in-process (``SESSIONS_MCP_DAEMON=off``), so its PID is the process measured;
+    ``b8_daemon`` measures the daemon, in a runtime dir of its own.
+    """
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
         "XDG_CONFIG_HOME": str(Path(os.environ.get("TMPDIR", "/tmp")) / "sessions-mcp-bench-noconfig"),
+        "SESSIONS_MCP_DAEMON": "off",
     }
     if db is not None:
         env["SESSIONS_MCP_LOCAL__DB"] = str(db)

@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "http": ("b5_http", "5. streamable HTTP, 16 concurrent clients"),
     "waiters": ("b6_waiters", "6. 1,000 waiting calls: idle CPU and wake-up latency"),
     "memory": ("b7_memory", "7. memory and task/connection counts over many calls"),
+    "daemon": ("b8_daemon", "8. the per-user daemon: warm and first start, five connections' memory"),
 }
 
 
@@ -161,6 +162,12 @@ METHOD = """\
    pages, `list_sessions` and an error answer, 4 in flight), and asyncio task / fd counts from a
    `bench_stats` tool added by `bench/servers/ours.py`. Reference: the bare echo server, same
    number of calls.
+8. **Daemon** (`sessions-mcp` over stdio attaches to a per-user daemon): 9 rounds of bare cold
+   start, ours with no daemon running (first start) and ours again (warm start), each spawn →
+   first `initialize` answer as in 1; the daemon is stopped by PID after each round. Memory: RSS
+   of one in-process server after the handshake and 40 calls, against the daemon's RSS plus the
+   RSS of the five processes five clients hold (the relay becomes a `/bin/sh` waiting on the
+   socket once it has handed over stdin and stdout), each connection after the same calls.
 """
 
 

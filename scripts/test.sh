@@ -25,6 +25,11 @@ echo "== pyright"
 .venv/bin/pyright
 echo "== bench smoke"
 .venv/bin/python bench/run.py --smoke --out "${TMPDIR:-/tmp}/sessions-mcp-bench-smoke.json"
+echo "== pytest, stdio servers in-process (SESSIONS_MCP_DAEMON=off)"
+# the stdio tests once more without the per-user daemon (the main run below uses it, the default)
+SESSIONS_MCP_TEST_DAEMON=off .venv/bin/python -m pytest -q -n "${SESSIONS_MCP_TEST_WORKERS:-2}" tests/test_stdio.py \
+  tests/test_agents_crash.py tests/test_subscriptions.py tests/test_guardian.py tests/test_views.py \
+  tests/test_external_clients.py tests/postgres/test_replicas.py tests/postgres/test_turns_pg.py
 echo "== pytest"
 # Two workers by default (this is sized for a 2-core machine); SESSIONS_MCP_TEST_WORKERS=0 runs serially.
 exec .venv/bin/python -m pytest -q -n "${SESSIONS_MCP_TEST_WORKERS:-2}" "$@"

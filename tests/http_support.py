@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sessions_mcp.http_app import HttpApp, create_app
 from sessions_mcp.settings import Settings
 
-from .conftest import server_command, server_env
+from .conftest import daemon_env, server_command, server_env
 
 TRANSPORTS = ["http", "sse"]
 ALICE = "alice-token-0123456789abcdef"
@@ -245,6 +245,7 @@ class NodeTools:
         env = free_env()
         env["PATH"] = f"{self.node.parent}{os.pathsep}{env.get('PATH', '')}"
         env["HOME"] = str(home)
+        env.update(daemon_env())  # a stdio server they start uses this test's daemon dir
         env.update(extra)
         return env
 

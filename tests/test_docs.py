@@ -286,6 +286,7 @@ def test_readme_links_point_at_files() -> None:
         "backend-local",
         "backend-factory",
         "backend-fabro",
+        "backend-a2a",
         "local-agents",
         "http-and-auth",
         "troubleshooting",

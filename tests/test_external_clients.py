@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import server_command
+from .conftest import daemon_env, server_command
 from .http_support import NodeTools, ServerProcess
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
@@ -72,7 +72,8 @@ def _inspector(node: NodeTools, *args: str) -> list[str]:
 def test_inspector_cli_over_stdio(node: NodeTools, tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     env = node.env(tmp_path)
-    stdio = ["-e", f"SESSIONS_MCP_LOCAL__DB={db}", "--", *server_command()]
+    daemon = [x for k, v in daemon_env().items() for x in ("-e", f"{k}={v}")]  # this test's daemon dir
+    stdio = ["-e", f"SESSIONS_MCP_LOCAL__DB={db}", *daemon, "--", *server_command()]
     r = _run(_inspector(node, "--method", "tools/list", "--format", "json", *stdio), env)
     assert r.returncode == 0, r.stderr
     names = {t["name"] for t in json.loads(r.stdout)["result"]["tools"]}

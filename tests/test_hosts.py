@@ -14,11 +14,15 @@ The per-host facts asserted here are the table in docs/clients.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import secrets
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,14 +227,37 @@ def check_results(case: HostCase, mock: MockLLM, peer: Peer) -> None:
         assert failed["is_error"] is None and not _marked(case, failed)
 
 
+def stop_daemons_of(home: CliHome) -> list[int]:
+    """The per-user daemon a host's stdio server attached to outlives the host by design (it exits
+    when idle); stop it by PID, so the checks see only what the host itself started and left."""
+    daemons = [p for p in pids_with_env("HOME", str(home.home)) if _is_daemon(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while any(is_running(p) for p in daemons) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return daemons
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "sessions-mcpd"
+    except OSError:
+        return False
+
+
 def check_exit(case: HostCase, home: CliHome, done: Any, peer: Peer, expect_server: bool) -> None:
     assert not done.timed_out and done.returncode == 0, done.output
     assert FINAL in done.stdout, done.output
     if peer.error is not None:
         raise peer.error
+    daemons = stop_daemons_of(home)
     if expect_server:
         assert peer.server_pids, f"no sessions-mcp process with HOME={home.home} while {case.cli} ran"
-    assert not [p for p in peer.server_pids if is_running(p)], "the host left its server running"
+    left = [p for p in peer.server_pids if p not in daemons and is_running(p)]
+    assert not left, "the host left its server running"
     assert home.leftover_pids() == [], f"{case.cli} left processes behind"
 
 

@@ -1,4 +1,4 @@
-"""Subscriptions to remote (Factory, Fabro) sessions: a watcher follows the session while somebody
+"""Subscriptions to remote (Factory, Fabro, A2A) sessions: a watcher follows the session while somebody
 listens, notices the agent's reply made outside this server, and stops when the last one leaves."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .harnesses import discover
 from .test_stdio import ok
 
 pytestmark = pytest.mark.anyio
-REMOTE = [name for name in sorted(discover()) if name in ("factory", "fabro")]
+REMOTE = [name for name in sorted(discover()) if name in ("factory", "fabro", "a2a")]
 
 
 @pytest.fixture(params=REMOTE)
@@ -41,7 +41,7 @@ async def agent_held(h: Any) -> AsyncIterator[None]:
             yield
         finally:
             emulator.reply_delay_s = before
-    else:  # fabro: the agent waits until released
+    else:  # fabro, a2a: the agent waits until released
         async with h.slow():
             yield
 

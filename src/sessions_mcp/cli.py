@@ -25,6 +25,7 @@ examples:
   sessions-mcp doctor                           check configuration and reachability
   sessions-mcp ls | show ID | tail ID           look at sessions from a terminal
   sessions-mcp setup claude-code                add this server to an MCP host (or --print)
+  sessions-mcp daemon status | stop             the per-user daemon behind stdio (SESSIONS_MCP_DAEMON=off)
 """
 
 
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    "sse is an alias of http")  # fmt: skip
     p.add_argument("--host", help="HTTP bind address (default 127.0.0.1; others need auth configured)")
     p.add_argument("--port", type=int, help="HTTP port (default 8765)")
+    p.add_argument("--no-daemon", action="store_true",
+                   help="serve stdio in this process instead of through the per-user daemon")  # fmt: skip
     p.add_argument("--stateless", action="store_true", default=None,
                    help="HTTP without protocol sessions, for replicas behind a load balancer")  # fmt: skip
     for action in common._actions:  # share the common flags with the top level
@@ -109,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
                       help="how many earlier messages to print first (default 10; 0 for none)")  # fmt: skip
     tail.add_argument("--principal", default=None, help=principal_help)
+    daemon = sub.add_parser("daemon", help="show or stop the per-user daemon behind stdio",
+                            description="sessions-mcp over stdio attaches to a per-user daemon (one per "
+                            "configuration) and starts it when none runs; it exits after "
+                            "SESSIONS_MCP_DAEMON__IDLE_S (default 600) without connections. "
+                            "SESSIONS_MCP_DAEMON=off or --no-daemon serve in-process.")  # fmt: skip
+    daemon.add_argument("daemon_command", choices=["status", "stop"], help="status: list them; stop: stop them all")
     from .hosts import add_setup_parser
 
     add_setup_parser(sub, _HelpFormatter)
@@ -154,9 +163,44 @@ def _merge_env(overrides: dict[str, Any]) -> Any:
     return settings
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line."""
+    return _parser().parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """Settings from the environment, the TOML file and the flags in ``args``."""
+    overrides = _overrides(args)
+    overrides["_config"] = args.config
+    return _merge_env(overrides)
+
+
+def config_file_of(args: argparse.Namespace) -> Any:
+    """The TOML file these arguments read (it may not exist)."""
+    from pathlib import Path
+
+    from .settings import default_config_path
+
+    return Path(args.config) if args.config else default_config_path()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sessions-mcp`` command."""
-    args = _parser().parse_args(argv)
+    arglist = list(sys.argv[1:] if argv is None else argv)
+    args = parse(arglist)
+    if (args.command or "serve") == "serve" and args.transport == "stdio" and not args.no_daemon:
+        from . import daemon
+
+        if daemon.enabled():
+            from .daemon.relay import relay
+
+            code = relay(arglist)
+            if code is not None:
+                return code
+    if args.command == "daemon":
+        from .daemon.control import run_control
+
+        return run_control(args.daemon_command)
     logging.basicConfig(
         stream=sys.stderr,
         level=(args.log_level or "WARNING").upper() if isinstance(args.log_level, str) else logging.WARNING,
@@ -169,9 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .hosts import run_setup_command
 
             return run_setup_command(args)
-        overrides = _overrides(args)
-        overrides["_config"] = args.config
-        settings = _merge_env(overrides)
+        settings = settings_from_args(args)
         logging.getLogger().setLevel(settings.log_level.upper())
         command = args.command or "serve"
         if command == "serve":

@@ -268,3 +268,6 @@ class BackendInfo(BaseModel):
     default: bool
     capabilities: Capabilities
     cannot: list[str] = Field(default_factory=list[str])
+    agents: list[str] = Field(
+        default_factory=list[str], description="Agents to pick with create_session(agent=...), default first (a2a)."
+    )

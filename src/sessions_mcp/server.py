@@ -100,6 +100,11 @@ def instructions(service: SessionService) -> str:
     for info in service.infos():
         if info.cannot:
             lines.append(f"The {info.name} backend cannot {', '.join(info.cannot)}.")
+        if info.agents:
+            lines.append(
+                f"The {info.name} backend's agents (create_session(backend={info.name!r}, agent=...)): "
+                f"{', '.join(info.agents)}; default {info.agents[0]}."
+            )
     agents = service.agents()
     if agents:
         ready = [a["name"] for a in agents if a["available"] and a["name"] != "none"]

@@ -194,7 +194,7 @@ class SessionService:
         params = {"prompt": prompt, "title": title, "backend": be.name, "model": model, "system": system}
         for key, value in (("agent", agent), ("workdir", workdir)):
             if value is not None:
-                if be.name != "local":
+                if be.name != "local" and not (key == "agent" and be.name == "a2a"):
                     raise Unsupported(be.name, f"choose the {key} of a session", f"leave {key} empty")
                 params[key] = value
 
@@ -210,6 +210,7 @@ class SessionService:
                 messages=msgs,
                 cursor=cursor,
                 status=created.session.status,
+                pending=created.session.pending,
             )
 
         with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most
@@ -266,6 +267,7 @@ class SessionService:
                 messages=msgs,
                 cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1].truncated else cursor,
                 status=rec.status,
+                pending=rec.pending,
             )
 
         with writes_within(timeout_s):  # a lock held elsewhere delays this call by its timeout_s at most

@@ -140,6 +140,21 @@ class FabroSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
 
 
+class A2ASettings(BaseModel):
+    """Remote agents that speak the Agent2Agent protocol (A2A 1.0, 0.3 fallback)."""
+
+    agents: str = Field(
+        default="", description="Comma list of name=URL (the base URL serving /.well-known/agent-card.json)."
+    )
+    tokens: SecretStr | None = Field(default=None, description="Comma list of name=token (bearer, per agent).")
+    timeout_s: float = Field(default=30.0, gt=0, description="Time limit of one HTTP request to an agent.")
+    task_timeout_s: float = Field(
+        default=3600.0, gt=0, description="How long a remote task may run before the session is failed."
+    )
+    poll_max_s: float = Field(default=5.0, gt=0, description="Longest pause between GetTask polls.")
+    card_ttl_s: float = Field(default=300.0, ge=0, description="How long an agent card is cached.")
+
+
 class HttpSettings(BaseModel):
     """Streamable HTTP / SSE transport, authentication and limits."""
 
@@ -196,6 +211,7 @@ class Settings(BaseSettings):
     factory: FactorySettings = Field(default_factory=FactorySettings)
     factory_app: FactoryAppSettings = Field(default_factory=FactoryAppSettings)
     fabro: FabroSettings = Field(default_factory=FabroSettings)
+    a2a: A2ASettings = Field(default_factory=A2ASettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     agents: dict[str, AgentSettings] = Field(
         default_factory=dict[str, AgentSettings], description="Named agents of the local backend, by name."

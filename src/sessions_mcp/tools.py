@@ -178,11 +178,14 @@ def _agent_help(service: SessionService) -> str:
     default = next((a["name"] for a in agents if a["default"]), "none")
     missing = [a["name"] for a in agents if not a["available"]]
     text = (
-        "Local sessions only: what answers user turns, for the session's whole life. 'none' is the mailbox "
+        "Local sessions: what answers user turns, for the session's whole life. 'none' is the mailbox "
         f"(another client answers). Available here: {', '.join(ready) or 'none'}; default: {default}."
     )
     if missing:
         text += f" Not installed: {', '.join(missing)} (sessions://index says what to install)."
+    for info in service.infos():
+        if info.agents:  # a backend with agents of its own (a2a): the remote agent to talk to
+            text += f" With backend={info.name!r}: one of {', '.join(info.agents)} (default {info.agents[0]})."
     return text
 
 

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "local": "sessions_mcp.backends.local:create_backend",
     "factory": "sessions_mcp.backends.factory:create_backend",
     "fabro": "sessions_mcp.backends.fabro:create_backend",
+    "a2a": "sessions_mcp.backends.a2a:create_backend",
 }
 
 

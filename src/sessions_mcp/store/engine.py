@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, TypeVar
 
+import anyio
+
 from .dialect import Body
 
 T = TypeVar("T")
@@ -33,6 +35,14 @@ class Engine(ABC):
     @abstractmethod
     async def external_write_seen(self) -> bool:
         """Cheap check: did another connection commit since the last call? (may say True spuriously)"""
+
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
+        """Return when another process may have committed: True at once when the engine hears of it
+        (a wake-up socket, ``NOTIFY``); False after a timeout. The timeout is ``fallback_s`` (the
+        change feed's poll), or, when the engine hears of commits and ``patient``, its longer
+        safety interval."""
+        await anyio.sleep(fallback_s)
+        return False
 
     @abstractmethod
     async def _write(self, body: Body[T]) -> T:

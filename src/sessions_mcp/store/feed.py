@@ -2,9 +2,11 @@
 
 Writes made in this process are published directly (``publish``), so a waiter in the same
 process wakes at once. Writes made by other processes sharing the store are found by a
-follower task that polls the store's cheap "did anyone else commit?" check every
-``poll_interval`` seconds and then reads the change log. The follower runs only while
-somebody waits or listens; with nobody interested nothing polls.
+follower task that waits for the engine to hear of another process's commit (SQLite: a wake-up
+socket the writer pokes, :mod:`.wakeup`; PostgreSQL: ``NOTIFY``), or at worst polls every
+``poll_interval`` seconds, then asks the store's cheap "did anyone else commit?" check and reads
+the change log. The follower runs only while somebody waits or listens; with nobody interested
+nothing waits or polls.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .base import Change, Store
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Change], Awaitable[None]]
+IMPATIENT_S = 60.0
 
 
 class Ticket:
@@ -54,6 +57,7 @@ class ChangeFeed:
         self._wake_follower = anyio.Event()
         self._last_seq = 0
         self._last_prune = time.monotonic()
+        self._impatient_until = 0.0
 
     async def start(self, tg: TaskGroup) -> None:
         """Remember the task group the follower will run in."""
@@ -72,6 +76,11 @@ class ChangeFeed:
     def following(self) -> bool:
         """Whether the cross-process follower task is running."""
         return self._follower_running
+
+    @property
+    def impatient(self) -> bool:
+        """Whether another process was seen committing without waking us, so the feed polls again."""
+        return time.monotonic() < self._impatient_until
 
     def ticket(self, session_id: str | None = None) -> Ticket:
         """A ticket for changes to ``session_id`` (or to any session when None)."""
@@ -131,18 +140,25 @@ class ChangeFeed:
     async def _follow(self) -> None:
         try:
             while self._interest > 0:
-                await anyio.sleep(self.poll_interval)
+                patient = time.monotonic() >= self._impatient_until
+                woken = await self.store.wait_for_external(self.poll_interval, patient=patient)
                 try:
-                    await self._poll_once()
+                    foreign = await self._poll_once()
+                    if foreign and not woken:
+                        # another process commits without waking us (another user, an older
+                        # version): poll every poll_interval again for a while, as before wake-ups
+                        self._impatient_until = time.monotonic() + IMPATIENT_S
                 except Exception:
                     log.warning("change feed: polling the store failed; retrying", exc_info=True)
                     await anyio.sleep(1.0)
         finally:
             self._follower_running = False
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self) -> int:
+        """Fire the changes other processes made since the last look; how many there were."""
+        foreign = 0
         if not await self.store.external_write_seen():
-            return
+            return 0
         while True:
             changes = await self.store.changes_since(self._last_seq)
             if not changes:
@@ -151,6 +167,7 @@ class ChangeFeed:
             for change in changes:
                 if change.writer == self.store.writer_id:
                     continue  # published already when we wrote it
+                foreign += 1
                 self._fire(change.session_id)
                 await self._tell_listeners(change)
             if len(changes) < 1000:
@@ -158,3 +175,4 @@ class ChangeFeed:
         if time.monotonic() - self._last_prune > 600:
             self._last_prune = time.monotonic()
             await self.store.prune_changes()
+        return foreign

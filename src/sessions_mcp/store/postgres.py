@@ -160,6 +160,7 @@ class PostgresStore(Store):
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
         self._notified = True
+        self._wake: anyio.Event | None = None
         self.safety_poll_s = 2.0
         self._last_forced = time.monotonic()
         self._gaps: dict[int, tuple[int, float]] = {}
@@ -307,6 +308,8 @@ class PostgresStore(Store):
                         async for note in conn.notifies(timeout=30.0):
                             if note.payload != self.writer_id:
                                 self._notified = True
+                                if self._wake is not None:
+                                    self._wake.set()
                         await conn.execute("SELECT 1")  # quiet for 30 s: make sure the link is alive
             except asyncio.CancelledError:
                 raise
@@ -411,6 +414,18 @@ class PostgresStore(Store):
             out.append(Change(at, r[1], r[2], r[3], r[4]))
             expected = at + 1
         return out
+
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
+        """At once after a ``NOTIFY`` from another replica; while the listener is down or a gap in the
+        change log is pending (or not ``patient``), after ``fallback_s``; else after
+        :attr:`safety_poll_s` at most."""
+        if self._notified:
+            return True
+        timeout = fallback_s if (self._gaps or not self._listening or not patient) else self.safety_poll_s
+        self._wake = wake = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await wake.wait()
+        return wake.is_set()
 
     async def external_write_seen(self) -> bool:
         """True after a ``NOTIFY`` from another replica, while the listener is down, while a gap

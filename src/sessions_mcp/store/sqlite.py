@@ -38,9 +38,11 @@ from .deadline import bound
 from .dialect import Body, Retry, Row, Tx, run_sync, to_sqlite
 from .migrations import SQLITE_MIGRATIONS, migrate
 from .rows import TURN_LOST, claim_is_dead, new_writer_id, now_ms, this_host
+from .wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SAFETY_POLL_S = 2.0  # with wake-ups, the change feed still looks this often
 
 FULL_BELOW_BYTES = 1_048_576
 """An I/O error with less free space than this on the store's filesystem is reported as a full disk."""
@@ -100,8 +102,10 @@ class SqliteStore(Store):
         self._rlock = threading.Lock()
         self._ilock = threading.Lock()
         self._data_version: int | None = None
+        self._inline_data_version: int | None = None
         self._open_lock = threading.Lock()
         self.writer_id = new_writer_id()
+        self._wakeup: Wakeup | None = None
 
     # connection management ----------------------------------------------------------------
 
@@ -164,7 +168,9 @@ class SqliteStore(Store):
             except sqlite3.DatabaseError as exc:
                 raise self._explain(exc) from None
             self._writer, self._reader, self._inline = writer, reader, inline
-            self._data_version = None
+            self._data_version = self._inline_data_version = None
+            if self._wakeup is None:
+                self._wakeup = Wakeup.for_database(self.path)
 
     @staticmethod
     def _needs_migration(tx: _SqliteTx) -> bool:
@@ -256,6 +262,9 @@ class SqliteStore(Store):
                     if tx is not None:
                         tx.conn.close()
                 self._writer = self._reader = self._inline = None
+            if self._wakeup is not None:
+                self._wakeup.close()
+                self._wakeup = None
 
         await anyio.to_thread.run_sync(_close)
 
@@ -297,9 +306,12 @@ class SqliteStore(Store):
                     self._limit_wait(tx, deadline)
                     return self._in_transaction(tx, body)
 
-                return self._with_retry(attempt, deadline)
+                result = self._with_retry(attempt, deadline)
             finally:
                 self._wlock.release()
+            if self._wakeup is not None:
+                self._wakeup.poke()  # committed: wake the other processes' waiters now
+            return result
 
         return await anyio.to_thread.run_sync(run)
 
@@ -372,7 +384,33 @@ class SqliteStore(Store):
 
     # what only SQLite has -----------------------------------------------------------------------
 
+    async def wait_for_external(self, fallback_s: float, *, patient: bool = True) -> bool:
+        """At once when another process pokes our wake-up socket (:mod:`.wakeup`), else after
+        :data:`SAFETY_POLL_S` (writers that cannot poke: other users, older versions), or
+        ``fallback_s`` when not ``patient`` or without a wake-up socket."""
+        wakeup = self._wakeup
+        if wakeup is None or not wakeup.listen():
+            await anyio.sleep(fallback_s)
+            return False
+        return await wakeup.wait(max(fallback_s, SAFETY_POLL_S) if patient else fallback_s)
+
     async def external_write_seen(self) -> bool:
+        # on the event-loop thread when the inline connection is free (a worker-thread hop costs
+        # more than the pragma); each connection compares with what it saw last, so switching
+        # between the two can only say True spuriously, never miss a commit
+        inline = self._inline
+        if inline is not None and self._ilock.acquire(blocking=False):
+            try:
+                version = int(inline.conn.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:
+                version = None
+            finally:
+                self._ilock.release()
+            if version is not None:
+                changed = version != self._inline_data_version
+                self._inline_data_version = version
+                return changed
+
         def q() -> bool:
             self._open_sync()
             with self._rlock:
