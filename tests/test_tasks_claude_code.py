@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from .clis import CliHome, cli_bin
+from .conftest import daemon_env
 from .mockllm import Call, MockLLM, Say
 from .tasks_support import EXT, agent_env, release
 
@@ -117,6 +118,7 @@ def test_claude_code_backgrounds_a_long_turn_as_a_task_and_the_result_reaches_th
         **agent_env(box),
         "SESSIONS_MCP_LOCAL__DB": str(tmp_path / "s.db"),
         "PATH": os.environ.get("PATH", ""),
+        **daemon_env(),  # this test's daemon dir (stopped after the test)
     }
     script = {
         "delegate the review": [

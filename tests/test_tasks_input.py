@@ -21,6 +21,7 @@ import pytest
 
 from .acp_script import scenario
 from .clis import CliHome
+from .conftest import stop_daemons
 from .mockllm import MockLLM
 from .tasks_support import LEGACY, MODERN, start_task, stdio_peer
 
@@ -30,7 +31,7 @@ RELATED = "io.modelcontextprotocol/related-task"
 
 
 @pytest.fixture
-def claude(tmp_path: Path) -> Iterator[tuple[CliHome, dict[str, str]]]:
+def claude(tmp_path: Path, daemon_dir: Path) -> Iterator[tuple[CliHome, dict[str, str]]]:
     with MockLLM(scenario(), log_path=tmp_path / "mock.jsonl") as mock:
         home = CliHome.create("claude", tmp_path / "home", mock.url)
         env = {
@@ -39,6 +40,7 @@ def claude(tmp_path: Path) -> Iterator[tuple[CliHome, dict[str, str]]]:
             "SESSIONS_MCP_AGENTS__CLAUDE__PERMISSIONS": "ask",
         }
         yield home, env
+        stop_daemons(daemon_dir)  # over stdio the server is the per-user daemon, which outlives its client
         assert not home.leftover_pids(), "an agent process outlived the server"
 
 

@@ -173,7 +173,8 @@ async def test_wire_errors(tmp_path: Path, box: Path, era: str) -> None:
 
 async def test_a_restart_mid_task_completes_the_task_with_the_lost_turn(tmp_path: Path, box: Path) -> None:
     db = tmp_path / "s.db"
-    async with stdio_peer(db, MODERN, env=agent_env(box)) as first:
+    # the server process itself dies here, so it serves in-process (no per-user daemon behind a relay)
+    async with stdio_peer(db, MODERN, env={**agent_env(box), "SESSIONS_MCP_DAEMON": "off"}) as first:
         task = await start_task(first, "create_session", prompt="wait:f")
         agent_pid = await started(box, "f")
         first.proc.kill()  # no goodbye: the task and the user message are already durable
