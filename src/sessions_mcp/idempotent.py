@@ -25,29 +25,33 @@ from .store.rows import pid_alive, this_host
 log = logging.getLogger(__name__)
 
 
-_RUNNING: set[tuple[str, str, str, str]] = set()
-"""(store writer id, principal, tool, key) of the keyed calls this process is running now."""
+_RUNNING: set[str] = set()
+"""Ids of the keyed calls this process has under way (registered before they try to claim)."""
 POLL_MAX_S = 0.25
 
 
-def owner_tag(store: Store) -> str:
-    """Who holds a claim: ``pid@host#writer`` (the writer id tells this process's stores apart)."""
-    return f"{os.getpid()}@{this_host()}#{store.writer_id}"
+def owner_tag(store: Store, call: str = "") -> str:
+    """Who holds a claim: ``pid@host#writer`` (the writer id tells this process's stores apart),
+    then ``/call`` for the one call of this process that holds it."""
+    tag = f"{os.getpid()}@{this_host()}#{store.writer_id}"
+    return f"{tag}/{call}" if call else tag
 
 
-def owner_gone(store: Store, tag: str | None, running: tuple[str, str, str, str]) -> bool:
+def owner_gone(store: Store, tag: str | None) -> bool:
     """Whether the process that claimed a key can no longer finish it.
 
     It is gone when it ran on this machine and its pid is dead (SIGKILL, a crash), or when it is
-    this very process and the call is not running any more (its write failed and so did the
-    release). A claim from another machine is never judged here: its staleness bound applies.
+    this very process and the call that claimed it is not under way any more (its write failed
+    and so did the release). A claim from another machine is never judged here: its staleness
+    bound applies.
     """
     if not tag:
         return False
     pid_text, _, rest = tag.partition("@")
-    host, _, writer = rest.rpartition("#")
+    host, _, owner = rest.rpartition("#")
+    writer, _, call = owner.partition("/")
     if writer == store.writer_id:
-        return running not in _RUNNING
+        return call not in _RUNNING
     if host != this_host() or not pid_text.isdigit():
         return False
     return not pid_alive(int(pid_text))
@@ -79,8 +83,29 @@ async def idempotent(
     if not key.strip() or len(key) > limits.IDEMPOTENCY_KEY:
         raise InvalidArgument(f"idempotency_key must be 1-{limits.IDEMPOTENCY_KEY} characters (got {len(key):,})")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-    me = owner_tag(store)
-    running = (store.writer_id, principal, tool, key)
+    # Registered before the first claim, so a sibling call of this process that reads our claim
+    # can never see it as abandoned in the moment between our claim and our run.
+    call = os.urandom(8).hex()
+    me = owner_tag(store, call)
+    _RUNNING.add(call)
+    try:
+        return await _claim_and_run(store, principal, tool, key, digest, me, model, run, stale_after_s, wait_s)
+    finally:
+        _RUNNING.discard(call)
+
+
+async def _claim_and_run(
+    store: Store,
+    principal: str,
+    tool: str,
+    key: str,
+    digest: str,
+    me: str,
+    model: type[BaseModel],
+    run: Callable[[str | None], Awaitable[BaseModel]],
+    stale_after_s: float,
+    wait_s: float,
+) -> Any:
     deadline = time.monotonic() + wait_s
     delay = 0.02
     while True:
@@ -94,7 +119,7 @@ async def idempotent(
             )
         if rec.state == "done" and rec.result:
             return model.model_validate_json(rec.result).model_copy(update={"replayed": True})
-        if owner_gone(store, rec.result, running) and await store.idem_takeover(
+        if owner_gone(store, rec.result) and await store.idem_takeover(
             principal, tool, key, previous=rec.result, owner=me
         ):
             log.info("took over idempotency key of a %s call whose process is gone", tool)
@@ -107,22 +132,18 @@ async def idempotent(
         delay = min(delay * 2, POLL_MAX_S)
     dedupe = hashlib.sha256(f"{principal}\x1f{tool}\x1f{key}".encode()).hexdigest()
     result: BaseModel | None = None
-    _RUNNING.add(running)
     try:
-        try:
-            with anyio.CancelScope(shield=True):
-                result = await run(dedupe)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await store.idem_release(principal, tool, key)
-                except Exception:
-                    # the claim stays pending; this process takes it over on the next repeat
-                    log.warning("could not release the idempotency key of a failed %s call", tool, exc_info=True)
-            raise
-        assert result is not None
         with anyio.CancelScope(shield=True):
-            await store.idem_complete(principal, tool, key, result.model_dump_json())
-        return result
-    finally:
-        _RUNNING.discard(running)
+            result = await run(dedupe)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            try:
+                await store.idem_release(principal, tool, key)
+            except Exception:
+                # the claim stays pending; this process takes it over on the next repeat
+                log.warning("could not release the idempotency key of a failed %s call", tool, exc_info=True)
+        raise
+    assert result is not None
+    with anyio.CancelScope(shield=True):
+        await store.idem_complete(principal, tool, key, result.model_dump_json())
+    return result
