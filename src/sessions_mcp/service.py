@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
@@ -53,6 +54,11 @@ HEARTBEAT_S = 8.0
 """Progress is sent at least this often while waiting, so clients that reset timeouts keep waiting."""
 WAITING = (Status.RUNNING, Status.AWAITING_REPLY)
 
+DeferWait = Callable[[str, Any, int], Awaitable[None]]
+"""Called with ``(principal, first_result, max_chars)`` instead of waiting for the agent."""
+defer_wait: ContextVar[DeferWait | None] = ContextVar("sessions_mcp_defer_wait", default=None)
+"""Set by the MCP tasks layer: a call that would wait stores a task instead and returns at once."""
+
 
 def _check_text(text: str, what: str = "text") -> str:
     if not text or not text.strip():
@@ -91,6 +97,8 @@ class SessionService:
         self.store = store
         self.on_remote_change: Callable[..., Awaitable[None]] | None = None
         """Called with a :class:`Handle` when a remote session is seen to change (notifications)."""
+        self.before_interrupt: Callable[[str, str], Awaitable[None]] | None = None
+        """Called with ``(principal, session_id)`` before a turn is interrupted (tasks end cancelled)."""
 
     async def _touched(self, be: SessionBackend, native_id: str) -> None:
         """Report a change to a session of a backend without its own change feed."""
@@ -291,16 +299,51 @@ class SessionService:
             wait = be.agent_attached(await be.get_session(principal, native))
         if not wait:
             return first
+        if (defer := defer_wait.get()) is not None:
+            await defer(principal, first, max_chars)
+            return first
         cursor: str = first.cursor
         position, _ = decode_cursor(sid, cursor)
         deadline = time.monotonic() + timeout_s
         asking = getattr(be, "asking", None)  # the local backend asks a waiting client's person first
         async with asking(native, ask) if ask is not None and asking is not None else contextlib.nullcontext():
             replies, status = await self._wait_for_turn(principal, be, native, position, deadline, progress)
+        return await self._compose(principal, be, first, cursor, replies, status, max_chars, deadline)
+
+    async def turn_state(self, principal: str, first: Any, max_chars: int) -> tuple[Status, Any]:
+        """Where the turn a deferred call started stands, without waiting.
+
+        Returns the session status and the result the waiting call would return if the turn
+        ended now (``first`` is the call's result when the user message was stored).
+        """
+        sid: str = first.session.id
+        h, be = self.handle(sid)
+        position, _ = decode_cursor(sid, first.cursor)
+        page = await be.list_messages(principal, h.native_id, after=position, limit=200)
+        composed = await self._compose(principal, be, first, first.cursor, page.items, page.status, max_chars, None)
+        return page.status, composed
+
+    async def _compose(
+        self,
+        principal: str,
+        be: SessionBackend,
+        first: Any,
+        cursor: str,
+        replies: Sequence[StoredMessage],
+        status: Status,
+        max_chars: int,
+        deadline: float | None,
+    ) -> Any:
+        sid: str = first.session.id
+        native = sid.partition(":")[2]
+        position, _ = decode_cursor(sid, cursor)
         budget = max(max_chars - sum(len(m.text) for m in first.messages), 1)
         more, next_cursor, _ = fit(sid, replies, start=position, offset=0, max_chars=budget)
-        # a healthy backend answers in milliseconds; a hung one must not hold the call past its timeout
-        rec = await bounded(deadline + FINAL_READ_GRACE_S, lambda: be.get_session(principal, native))
+        if deadline is None:
+            rec = await be.get_session(principal, native)
+        else:
+            # a healthy backend answers in milliseconds; a hung one must not hold the call past its timeout
+            rec = await bounded(deadline + FINAL_READ_GRACE_S, lambda: be.get_session(principal, native))
         session = (
             public_session(be.name, rec) if rec is not None else first.session.model_copy(update={"status": status})
         )
@@ -489,6 +532,8 @@ class SessionService:
         h, be = self.handle(session_id)
         if not be.capabilities.interrupt:
             raise Unsupported(be.name, "interrupt a running turn", "wait for it, or send a new message")
+        if self.before_interrupt is not None:
+            await self.before_interrupt(principal, str(h))
         rec = await be.interrupt_session(principal, h.native_id)
         await self._touched(be, h.native_id)
         return public_session(be.name, rec)

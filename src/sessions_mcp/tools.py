@@ -64,6 +64,29 @@ def _result(model: BaseModel, text: str) -> CallToolResult:
     )
 
 
+def create_session_result(r: CreateSessionResult) -> CallToolResult:
+    """What ``create_session`` answers for this result (also the result of its MCP task)."""
+    text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
+    if r.messages:
+        text += "\n\n" + messages_text(r.messages)
+    if r.pending is not None:
+        text += "\n\n" + pending_text(r.session.id, r.pending)
+    return _result(r, text)
+
+
+def send_message_result(r: SendMessageResult) -> CallToolResult:
+    """What ``send_message`` answers for this result (also the result of its MCP task)."""
+    out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
+    replies = r.messages[1:]
+    if replies:
+        out += "\n\n" + messages_text(replies)
+    elif r.status.value == "running":
+        out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
+    if r.pending is not None:
+        out += "\n\n" + pending_text(r.session.id, r.pending)
+    return _result(r, out)
+
+
 def _guard(
     tool: str,
 ) -> Callable[[Callable[P, Awaitable[CallToolResult]]], Callable[P, Awaitable[CallToolResult]]]:
@@ -236,12 +259,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             wait=wait, timeout_s=timeout_s, idempotency_key=idempotency_key, progress=_progress(ctx), agent=agent,
             workdir=workdir, ask=_asker(ctx),
         )  # fmt: skip
-        text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
-        if r.messages:
-            text += "\n\n" + messages_text(r.messages)
-        if r.pending is not None:
-            text += "\n\n" + pending_text(r.session.id, r.pending)
-        return _result(r, text)
+        return create_session_result(r)
 
     @expose("send_message", "Send message", read_only=False, destructive=False, idempotent=False, app=True)
     async def send_message(
@@ -281,15 +299,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             idempotency_key=idempotency_key,
             in_reply_to=in_reply_to, progress=_progress(ctx), ask=_asker(ctx),
         )  # fmt: skip
-        out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
-        replies = r.messages[1:]
-        if replies:
-            out += "\n\n" + messages_text(replies)
-        elif r.status.value == "running":
-            out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
-        if r.pending is not None:
-            out += "\n\n" + pending_text(r.session.id, r.pending)
-        return _result(r, out)
+        return send_message_result(r)
 
     @expose("list_messages", "List messages", read_only=True, destructive=False, idempotent=True)
     async def list_messages(

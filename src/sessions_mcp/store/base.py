@@ -32,6 +32,7 @@ from .rows import (
     this_host,
 )
 from .sessions import Sessions
+from .tasks import TaskRow, Tasks
 from .turns import Turns
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "MirrorStats",
     "SessionRow",
     "Store",
+    "TaskRow",
     "claim_is_dead",
     "from_ms",
     "new_writer_id",
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 
-class Store(Sessions, Messages, Idempotency, ChangeLog, Turns, MirrorOutbox, AgentSessions):
+class Store(Sessions, Messages, Idempotency, ChangeLog, Turns, MirrorOutbox, AgentSessions, Tasks):
     """Durable storage for local sessions. Every method is safe to call concurrently.
 
     A new concern (a table and its methods) is a new module with one class like these, added to

@@ -159,6 +159,32 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    # MCP tasks (both protocol eras): a waiting create_session/send_message answered later.
+    # ``first`` is the call's result once the user message was stored, ``result`` the final
+    # CallToolResult (JSON); a finished task is kept until created_at + ttl_ms.
+    Migration(
+        "0005_tasks",
+        """
+        CREATE TABLE tasks (
+            id             {key} PRIMARY KEY,
+            owner          {key} NOT NULL,
+            tool           TEXT NOT NULL,
+            session_id     {key} NOT NULL,
+            era            TEXT NOT NULL,
+            status         TEXT NOT NULL,
+            status_message TEXT,
+            first          TEXT NOT NULL,
+            max_chars      INTEGER NOT NULL,
+            result         TEXT,
+            error          TEXT,
+            created_at     {bigint} NOT NULL,
+            updated_at     {bigint} NOT NULL,
+            ttl_ms         {bigint} NOT NULL
+        );
+        CREATE INDEX tasks_by_owner ON tasks (owner, created_at DESC, id DESC);
+        CREATE INDEX tasks_by_session ON tasks (session_id, status);
+        """,
+    ),
 ]
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [(m.name, m.sqlite()) for m in MIGRATIONS]
