@@ -319,7 +319,7 @@ class SessionService:
         sid: str = first.session.id
         h, be = self.handle(sid)
         position, _ = decode_cursor(sid, first.cursor)
-        page = await be.list_messages(principal, h.native_id, after=position, limit=200)
+        page = await be.list_messages(MessageQuery(principal, h.native_id, after=position, limit=200))
         composed = await self._compose(principal, be, first, first.cursor, page.items, page.status, max_chars, None)
         return page.status, composed
 
