@@ -44,8 +44,10 @@ guard sees any of them: the cap leaves this many descriptors spare on top of the
 
 
 def descriptor_reserve(limit: int) -> int:
-    """Descriptors kept for everything but client connections (store, backends, agents, logs)."""
-    return max(64, limit // 8) + ACCEPT_BACKLOG
+    """Descriptors kept for everything but client connections (store, backends, agents, logs),
+    plus two accept batches: a refused or evicted connection's descriptor is released only on a
+    later loop turn, so under load a second batch can be accepted before the first is closed."""
+    return max(64, limit // 8) + 2 * ACCEPT_BACKLOG
 
 
 def connection_cap(configured: int, limit: int | None = None) -> int:
