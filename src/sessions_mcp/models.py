@@ -7,11 +7,14 @@ fewer are not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import to_jsonable_python
 
 
 class Status(StrEnum):
@@ -164,6 +167,41 @@ def parts_text(parts: list[Any]) -> str:
     return "\n".join(t for t in (part_text(p) for p in parts) if t)
 
 
+_PART_KEYS: dict[str, frozenset[str]] = {
+    cls.model_fields["type"].default: frozenset(cls.model_fields)
+    for cls in (TextPart, ThinkingPart, ToolCallPart, ToolResultPart, AttachmentPart, RawPart, PlanPart)
+}
+_TEXT_KEYS = _PART_KEYS["text"]
+_part_list: TypeAdapter[list[Part]] | None = None
+
+
+def _parts_adapter() -> TypeAdapter[list[Part]]:
+    global _part_list
+    if _part_list is None:
+        _part_list = TypeAdapter(list[Part])
+    return _part_list
+
+
+def canonical_parts(parts: list[dict[str, Any]], *, trust: bool = False) -> list[dict[str, Any]]:
+    """Parts in their canonical JSON form: validated, every field present, as ``model_dump(mode="json")`` gives.
+
+    Messages are stored in this form, so a page is published from the stored JSON without a
+    model per part. With ``trust`` (a read of what this server stored) a part that already has
+    exactly its model's fields is taken as it is; anything else (rows written before the form
+    was fixed) goes through the models.
+    """
+    if trust and all(type(p) is dict and p.keys() == _PART_KEYS.get(str(p.get("type")), ()) for p in parts):
+        return parts
+    return [p.model_dump(mode="json") for p in _parts_adapter().validate_python(parts)]
+
+
+def json_parts_text(parts: list[dict[str, Any]]) -> str:
+    """:func:`parts_text` of parts in their canonical JSON form."""
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts_text(_parts_adapter().validate_python(parts))
+
+
 class Message(BaseModel):
     """One message of a session's transcript."""
 
@@ -179,6 +217,38 @@ class Message(BaseModel):
     )
     text_offset: int = Field(default=0, description="Where `text` starts in the full text (after a cut).")
     text_length: int | None = Field(default=None, description="Length of the full text, set when cut.")
+
+
+@dataclass(slots=True)
+class MessageView:
+    """A :class:`Message` as the read path builds it: straight from stored JSON, no model per row.
+
+    ``json()`` is exactly what ``Message.model_dump(mode="json")`` gives for the same message;
+    ``model()`` is that :class:`Message`, for the callers that want one.
+    """
+
+    id: str
+    session_id: str
+    role: Role
+    text: str
+    parts: list[dict[str, Any]]
+    created_at: datetime
+    truncated: bool = False
+    cursor: str | None = None
+    text_offset: int = 0
+    text_length: int | None = None
+
+    def json(self) -> dict[str, Any]:
+        """The message as JSON (the ``Message`` schema)."""
+        return {
+            "id": self.id, "session_id": self.session_id, "role": self.role, "text": self.text,
+            "parts": self.parts, "created_at": to_jsonable_python(self.created_at), "truncated": self.truncated,
+            "cursor": self.cursor, "text_offset": self.text_offset, "text_length": self.text_length,
+        }  # fmt: skip
+
+    def model(self) -> Message:
+        """The message as the public model."""
+        return Message.model_validate(self.json())
 
 
 class Session(BaseModel):
@@ -202,19 +272,61 @@ class Session(BaseModel):
 # --- what backends return (positions are backend-native, wrapped into opaque cursors by the service)
 
 
-class StoredMessage(BaseModel):
-    """A message as a backend returns it, with its backend-native position."""
+class StoredMessage:
+    """A message as a backend returns it, with its backend-native position.
 
-    id: str
-    role: Role
-    parts: list[Part] = Field(default_factory=list[Part])
-    created_at: datetime
-    position: str = Field(description="Backend-native position just after this message.")
+    The parts are held in whichever form the message came in: models (a remote backend's
+    mapping) or their canonical JSON (a row of this server's store, see :func:`canonical_parts`),
+    and turned into the other only when asked. A page of fifty stored messages is published
+    without building one model per row (bench budget 2).
+    """
+
+    __slots__ = ("_json", "_typed", "created_at", "id", "position", "role")
+
+    def __init__(self, *, id: str, role: Role, parts: Sequence[Part] = (), created_at: datetime, position: str) -> None:
+        self.id = id
+        self.role: Role = role
+        self.created_at = created_at
+        self.position = position
+        """Backend-native position just after this message."""
+        self._typed: list[Part] | None = list(parts)
+        self._json: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def stored(
+        cls, *, id: str, role: Role, parts: list[dict[str, Any]], created_at: datetime, position: str
+    ) -> StoredMessage:
+        """A message from this server's store: ``parts`` in the JSON form it was written in."""
+        m = cls.__new__(cls)
+        m.id, m.role, m.created_at, m.position = id, role, created_at, position
+        m._typed = None
+        first = parts[0] if len(parts) == 1 else None
+        # nearly every message is one text part: skip the general check for it
+        simple = type(first) is dict and first.keys() == _TEXT_KEYS and type(first["text"]) is str
+        m._json = parts if simple else canonical_parts(parts, trust=True)
+        return m
+
+    @property
+    def parts(self) -> list[Part]:
+        """The parts as models."""
+        if self._typed is None:
+            self._typed = _parts_adapter().validate_python(self._json)
+        return self._typed
+
+    @property
+    def json_parts(self) -> list[dict[str, Any]]:
+        """The parts in canonical JSON form (what the public ``Message.parts`` serializes to)."""
+        if self._json is None:
+            self._json = [p.model_dump(mode="json") for p in self.parts]
+        return self._json
 
     @property
     def text(self) -> str:
         """The readable text of all parts."""
-        return parts_text(self.parts)
+        return parts_text(self._typed) if self._typed is not None else json_parts_text(self.json_parts)
+
+    def __repr__(self) -> str:
+        return f"StoredMessage(id={self.id!r}, role={self.role!r}, position={self.position!r}, text={self.text[:40]!r})"
 
 
 class SessionRecord(BaseModel):
@@ -233,7 +345,8 @@ class SessionRecord(BaseModel):
     head: str | None = Field(default=None, description="Backend position after the last message, if known.")
 
 
-class MessagePage(BaseModel):
+@dataclass(slots=True)
+class MessagePage:
     """A page of messages after a position."""
 
     items: list[StoredMessage]

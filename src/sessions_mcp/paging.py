@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from . import limits
 from .ids import Handle, encode_cursor
-from .models import Message, Session, SessionRecord, StoredMessage, TextPart
+from .models import MessageView, Session, SessionRecord, StoredMessage
 
 
 def public_session(backend: str, rec: SessionRecord) -> Session:
@@ -37,7 +36,7 @@ def fit(
     start: str | None,
     offset: int,
     max_chars: int,
-) -> tuple[list[Message], str, bool]:
+) -> tuple[list[MessageView], str, bool]:
     """Cut a run of messages to ``max_chars`` of text.
 
     Returns the public messages, the cursor after what was returned, and whether
@@ -46,15 +45,15 @@ def fit(
     """
     budget = max_chars
     position = start
-    out: list[Message] = []
+    out: list[MessageView] = []
     for i, m in enumerate(items):
         skip = offset if i == 0 else 0
         full = m.text
         rest = full[skip:]
         if len(rest) <= budget:
-            parts: list[Any] = list(m.parts) if skip == 0 else [TextPart(text=rest)]
+            parts = m.json_parts if skip == 0 else [{"type": "text", "text": rest}]
             out.append(
-                Message(
+                MessageView(
                     id=m.id, session_id=session_id, role=m.role, text=rest, parts=parts,
                     created_at=m.created_at, truncated=skip > 0, cursor=encode_cursor(session_id, m.position),
                     text_offset=skip, text_length=len(full) if skip else None,
@@ -68,8 +67,8 @@ def fit(
         piece = rest[: max(budget, 1)]
         resume = encode_cursor(session_id, position, skip + len(piece))
         out.append(
-            Message(
-                id=m.id, session_id=session_id, role=m.role, text=piece, parts=[TextPart(text=piece)],
+            MessageView(
+                id=m.id, session_id=session_id, role=m.role, text=piece, parts=[{"type": "text", "text": piece}],
                 created_at=m.created_at, truncated=True, cursor=resume, text_offset=skip, text_length=len(full),
             )
         )  # fmt: skip

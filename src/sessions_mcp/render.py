@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .models import Message, Pending, PlanPart, Session, ToolCallPart, ToolResultPart
+from .models import Message, MessageView, Pending, PlanPart, Session, ToolCallPart, ToolResultPart
 
 _MAX_TOOL_IO = 2000
 
@@ -28,7 +28,7 @@ def pending_text(session_id: str, p: Pending) -> str:
     return "\n".join(lines)
 
 
-def message_block(m: Message) -> str:
+def message_block(m: Message | MessageView) -> str:
     """A message as plain text for a tool result."""
     head = f"[{m.role}] {m.id} {m.created_at.isoformat()}"
     body = m.text
@@ -41,7 +41,7 @@ def message_block(m: Message) -> str:
     return f"{head}\n{body}"
 
 
-def messages_text(messages: Iterable[Message]) -> str:
+def messages_text(messages: Iterable[Message | MessageView]) -> str:
     """Several messages as plain text."""
     return "\n\n".join(message_block(m) for m in messages)
 

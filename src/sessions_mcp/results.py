@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .models import Message, Pending, Session, Status
+from .models import Message, MessageView, Pending, Session, Status
 
 
 class WriteResult(BaseModel):
@@ -37,6 +38,25 @@ class ListMessagesResult(BaseModel):
     next_cursor: str = Field(description="Pass as `after` next time; stays put on an empty page.")
     has_more: bool
     status: Status
+
+
+@dataclass(slots=True)
+class MessagesPage:
+    """A page of messages as the read path builds it; :class:`ListMessagesResult` is its schema."""
+
+    messages: list[MessageView]
+    next_cursor: str
+    has_more: bool
+    status: Status
+
+    def json(self) -> dict[str, Any]:
+        """The page as JSON: what ``ListMessagesResult.model_dump(mode="json")`` gives for it."""
+        return {
+            "messages": [m.json() for m in self.messages],
+            "next_cursor": self.next_cursor,
+            "has_more": self.has_more,
+            "status": self.status.value,
+        }
 
 
 class ListSessionsResult(BaseModel):

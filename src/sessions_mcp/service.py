@@ -25,7 +25,14 @@ from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
 from .models import BackendInfo, Pending, Role, Session, Status, StoredMessage
 from .paging import fit, public_session
-from .results import CreateSessionResult, DeleteResult, ListMessagesResult, ListSessionsResult, SendMessageResult
+from .results import (
+    CreateSessionResult,
+    DeleteResult,
+    ListMessagesResult,
+    ListSessionsResult,
+    MessagesPage,
+    SendMessageResult,
+)
 from .store.base import Store
 from .store.deadline import writes_within
 
@@ -37,6 +44,7 @@ __all__ = [
     "DeleteResult",
     "ListMessagesResult",
     "ListSessionsResult",
+    "MessagesPage",
     "SendMessageResult",
     "SessionService",
 ]
@@ -208,7 +216,7 @@ class SessionService:
             msgs, cursor, _ = fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
             return CreateSessionResult(
                 session=public_session(be.name, created.session),
-                messages=msgs,
+                messages=[m.model() for m in msgs],
                 cursor=cursor,
                 status=created.session.status,
                 pending=created.session.pending,
@@ -265,7 +273,7 @@ class SessionService:
             return SendMessageResult(
                 message_id=msg.id,
                 session=public_session(be.name, rec),
-                messages=msgs,
+                messages=[m.model() for m in msgs],
                 cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1].truncated else cursor,
                 status=rec.status,
                 pending=rec.pending,
@@ -349,7 +357,7 @@ class SessionService:
         )
         return first.model_copy(
             update={
-                "messages": [*first.messages, *more],
+                "messages": [*first.messages, *(m.model() for m in more)],
                 "cursor": next_cursor if more else cursor,
                 "status": status,
                 "session": session,
@@ -427,7 +435,7 @@ class SessionService:
         wait_s: float,
         max_chars: int = DEFAULT_MAX_CHARS,
         progress: Progress | None = None,
-    ) -> ListMessagesResult:
+    ) -> MessagesPage:
         """A page after a cursor; blocks up to ``wait_s`` when nothing is new."""
         h, be = self.handle(session_id)
         sid = str(h)
@@ -465,9 +473,7 @@ class SessionService:
         msgs, next_cursor, cut = fit(sid, page.items, start=position, offset=offset, max_chars=max_chars)
         if not msgs and after:
             next_cursor = after
-        return ListMessagesResult(
-            messages=msgs, next_cursor=next_cursor, has_more=page.has_more or cut, status=page.status
-        )
+        return MessagesPage(messages=msgs, next_cursor=next_cursor, has_more=page.has_more or cut, status=page.status)
 
     async def get_session(self, principal: str, session_id: str) -> Session:
         """One session."""

@@ -333,7 +333,8 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             max_chars=max_chars, progress=_progress(ctx),
         )  # fmt: skip
         head = f"{len(r.messages)} message(s); status: {r.status.value}; has_more: {r.has_more}; next_cursor: {r.next_cursor}"
-        return _result(r, head + ("\n\n" + messages_text(r.messages) if r.messages else ""))
+        text = head + ("\n\n" + messages_text(r.messages) if r.messages else "")
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=r.json())
 
     @expose("get_session", "Get session", read_only=True, destructive=False, idempotent=True, app=True)
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:

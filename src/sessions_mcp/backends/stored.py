@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..errors import InvalidArgument
-from ..models import SessionPage, SessionRecord
+from ..models import SessionPage, SessionRecord, StoredMessage
 from ..store.base import SessionRow, Store
+from ..store.rows import MessageRow, from_ms
 from .requests import SessionQuery
 
 BAD_CURSOR = "bad cursor for list_sessions: pass next_cursor from a previous call"
@@ -38,4 +39,11 @@ async def stored_sessions_page(
     rows = rows[: q.limit]
     return SessionPage(
         items=[await record(r) for r in rows], next_cursor=row_cursor(rows[-1]) if more and rows else None
+    )
+
+
+def stored_message(row: MessageRow) -> StoredMessage:
+    """A message row of this server's store as a neutral message (its parts stay JSON; no model per row)."""
+    return StoredMessage.stored(
+        id=row.id, role=row.role, parts=row.parts, created_at=from_ms(row.created_at), position=str(row.seq)
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..ids import new_message_id
-from ..models import Role, Status
+from ..models import Role, Status, canonical_parts
 from .changes import log_change
 from .dialect import Tx, marks
 from .engine import Engine
@@ -53,6 +53,7 @@ class Messages(Engine):
         returns the earlier message and writes nothing.
         """
         self._check_text(text, error)
+        parts = canonical_parts(parts)  # stored as published: pages are built from this JSON as it is
         parts_json = json.dumps(parts)
         check_newer = new_status is Status.IDLE and unanswered_after_seq is not None
 

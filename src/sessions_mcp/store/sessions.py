@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..ids import new_native_id
-from ..models import Role, Status
+from ..models import Role, Status, canonical_parts
 from .changes import log_change
 from .dialect import Tx, marks
 from .engine import Engine
@@ -54,7 +54,8 @@ class Sessions(Engine):
             )
             msgs: list[MessageRow] = []
             if first_message:
-                role, parts, text = first_message
+                role, given, text = first_message
+                parts = canonical_parts(given)  # as in append_message: stored as published
                 mid = await insert_message(tx, sid, 1, role, text, json.dumps(parts), ts, None)
                 msgs.append(MessageRow(sid, 1, mid, role, text, parts, ts))
             await log_change(tx, sid, owner, "created", self.writer_id)

@@ -38,11 +38,11 @@ from ...settings import A2ASettings
 from ...store.base import SessionRow, Store, from_ms
 from ..base import ProgressFn, SessionBackend, Watch
 from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
-from ..stored import stored_sessions_page
+from ..stored import stored_message, stored_sessions_page
 from .config import AGENTS, AgentConfig
 from .mapping import TaskView
 from .remote import AgentLink
-from .turns import Turn, Turns, ids_of, stored
+from .turns import Turn, Turns, ids_of
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class A2ABackend(SessionBackend):
 
     async def _tail(self, row: SessionRow, n: int = 4) -> list[StoredMessage]:
         got = await self.store.list_messages(row.owner, row.id, after_seq=max(row.last_seq - n, 0), limit=n)
-        return [stored(m) for m in got[1]] if got is not None else []
+        return [stored_message(m) for m in got[1]] if got is not None else []
 
     async def _last_ids(self, row: SessionRow) -> dict[str, str]:
         for m in reversed(await self._tail(row)):
@@ -182,7 +182,7 @@ class A2ABackend(SessionBackend):
             raise UnknownSession(self._handle(q.native_id))
         row, msgs, more = got
         await self._adopt(row)
-        return MessagePage(items=[stored(m) for m in msgs], has_more=more, status=row.status)
+        return MessagePage(items=[stored_message(m) for m in msgs], has_more=more, status=row.status)
 
     # --- writing -------------------------------------------------------------------------
 

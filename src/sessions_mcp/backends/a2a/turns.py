@@ -28,7 +28,8 @@ from anyio.abc import TaskGroup
 
 from ...errors import AuthError, BackendError, ProtocolError, SessionsError, Unavailable
 from ...models import Status, StoredMessage, TextPart
-from ...store.base import MessageRow, Store, from_ms
+from ...store.base import Store
+from ..stored import stored_message
 from .mapping import PAUSED, TERMINAL, Event, TaskView, text_of
 from .remote import AgentLink, new_message_id
 
@@ -55,14 +56,6 @@ def ids_of(parts: list[dict[str, Any]]) -> dict[str, str]:
             if isinstance(data, dict):
                 return {str(k): str(v) for k, v in data.items()}  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
     return {}
-
-
-def stored(row: MessageRow) -> StoredMessage:
-    """A store row as a neutral message."""
-    return StoredMessage.model_validate(
-        {"id": row.id, "role": row.role, "parts": row.parts, "created_at": from_ms(row.created_at),
-         "position": str(row.seq)}
-    )  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -239,7 +232,7 @@ class Turns:
                     )  # fmt: skip
                 if got is None:
                     raise SessionsError(f"the session {self.handle(turn.session_id)} was deleted meanwhile")
-                handoff.ok(stored(got[1]))
+                handoff.ok(stored_message(got[1]))
                 self.notify(turn.session_id)
                 if first.kind == "message":  # a direct reply, no task
                     await self.finish(turn, TaskView("", turn.context_id, "completed", first.parts))

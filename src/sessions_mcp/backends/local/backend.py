@@ -26,11 +26,11 @@ from ...diagnostics import Check
 from ...errors import InvalidArgument, UnknownSession, Unsupported, quote
 from ...ids import count_position
 from ...models import Capabilities, MessagePage, Pending, Role, SessionPage, SessionRecord, Status, StoredMessage
-from ...store.base import Change, MessageRow, SessionRow, Store, from_ms
+from ...store.base import Change, SessionRow, Store, from_ms
 from ...store.feed import ChangeFeed
 from ..base import ProgressFn, SessionBackend, Watch
 from ..requests import CreateRequest, CreateResult, MessageQuery, SendRequest, SessionQuery
-from ..stored import stored_sessions_page
+from ..stored import stored_message, stored_sessions_page
 
 if TYPE_CHECKING:
     from ...mirror import Mirror
@@ -77,19 +77,6 @@ def _record(row: SessionRow) -> SessionRecord:
         model=row.model,
         agent=row.agent or MAILBOX,
         head=str(row.last_seq),
-    )
-
-
-def _stored(row: MessageRow) -> StoredMessage:
-    # one validation pass over the model and its parts: a separate TypeAdapter pass cost 40% more
-    return StoredMessage.model_validate(
-        {
-            "id": row.id,
-            "role": row.role,
-            "parts": row.parts,
-            "created_at": from_ms(row.created_at),
-            "position": str(row.seq),
-        }
     )
 
 
@@ -285,7 +272,7 @@ class LocalBackend(SessionBackend):
             runner = await self._start_runner()
             if runner is not None:
                 runner.begin_turn(row.owner, row.id)
-        return CreateResult(session=_record(row), written=[_stored(m) for m in msgs])
+        return CreateResult(session=_record(row), written=[stored_message(m) for m in msgs])
 
     async def _row(self, principal: str, native_id: str) -> SessionRow:
         row = await self.store.get_session(principal, native_id)
@@ -378,7 +365,7 @@ class LocalBackend(SessionBackend):
             if runner is not None:
                 runner.begin_turn(req.principal, req.native_id)
         del session
-        return _stored(msg)
+        return stored_message(msg)
 
     def _answer(self, native_id: str, pending: Pending, text: str) -> list[dict[str, Any]]:
         from .agents.turnio import answer_parts, match_option
@@ -412,7 +399,7 @@ class LocalBackend(SessionBackend):
         if result is None:
             return None
         await self.publish(native_id, owner, "message")
-        return _stored(result[1])
+        return stored_message(result[1])
 
     async def set_status(self, owner: str, native_id: str, status: Status, error: str | None = None) -> None:
         """Set a session's status (used by agent runners)."""
@@ -429,7 +416,7 @@ class LocalBackend(SessionBackend):
         if result is None:
             raise UnknownSession(f"local:{q.native_id}")
         row, msgs, more = result
-        return MessagePage(items=[_stored(m) for m in msgs], has_more=more, status=row.status)
+        return MessagePage(items=[stored_message(m) for m in msgs], has_more=more, status=row.status)
 
     # --- waiting ----------------------------------------------------------------------------
 

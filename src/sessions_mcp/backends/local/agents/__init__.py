@@ -57,11 +57,9 @@ Emit = Callable[[str], Awaitable[None]]
 
 
 def _readable(parts: list[dict[str, Any]]) -> str:
-    from ....models import StoredMessage
+    from ....models import canonical_parts, json_parts_text
 
-    return StoredMessage.model_validate(
-        {"id": "-", "role": "assistant", "parts": parts, "created_at": "2000-01-01T00:00:00Z", "position": "0"}
-    ).text
+    return json_parts_text(canonical_parts(parts))
 
 
 class AgentFailed(Exception):

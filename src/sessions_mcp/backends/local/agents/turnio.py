@@ -157,11 +157,9 @@ class TurnIO:
             await self._write("tool", [{"type": "text", "text": text}])
 
     async def _write(self, role: str, parts: list[dict[str, Any]]) -> None:
-        from ....models import StoredMessage
+        from ....models import canonical_parts, json_parts_text
 
-        text = StoredMessage.model_validate(
-            {"id": "-", "role": role, "parts": parts, "created_at": datetime.now(UTC), "position": "0"}
-        ).text
+        text = json_parts_text(canonical_parts(parts))
         await self.backend.append_agent_message(
             self.owner,
             self.session_id,
