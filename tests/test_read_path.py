@@ -121,3 +121,17 @@ async def test_a_row_with_invalid_parts_is_a_clear_error_not_a_crash(
         assert "internal error" in str(bad.content) and "nothing was lost" in str(bad.content)
         ok = await c.call_tool("get_session", {"session_id": sid})
         assert not ok.is_error  # the server lives on
+
+
+@pytest.mark.parametrize(
+    "ms", [0, 1, 999, 1000, 1764000000000, 1764000000123, 1764000000120, -1, -1500, 253402300799999]
+)
+def test_message_times_are_written_as_pydantic_writes_them(ms: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pydantic_core import to_jsonable_python
+
+    from sessions_mcp.models import iso_from_ms
+
+    exact = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert iso_from_ms(ms) == to_jsonable_python(exact)

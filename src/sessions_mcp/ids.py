@@ -86,12 +86,22 @@ def _cursor_head(session_id: str) -> str:
     return '{"s":"' + _fingerprint(session_id) + '"'  # hex digits: nothing to escape
 
 
+@functools.lru_cache(maxsize=4096)
+def _encoded_head(session_id: str) -> str:
+    # '{"s":"<12 hex>","p":' is 24 bytes, a whole number of base64 groups: its encoding is a
+    # prefix of every cursor of the session, so a page encodes only each cursor's short tail
+    return base64.urlsafe_b64encode((_cursor_head(session_id) + ',"p":').encode()).decode()
+
+
 def encode_cursor(session_id: str, position: str | None, offset: int = 0) -> str:
     """An opaque cursor: ``position`` is the backend's, ``offset`` skips into the next message's text.
 
     The JSON is written by hand because a page encodes one cursor per message; the bytes are exactly
     what ``json.dumps(..., separators=(",", ":"))`` gives (a test holds them to it).
     """
+    if position is not None and not offset:
+        tail = base64.urlsafe_b64encode((encode_basestring_ascii(position) + "}").encode()).rstrip(b"=").decode()
+        return _encoded_head(session_id) + tail
     raw = _cursor_head(session_id)
     if position is not None:
         raw += ',"p":' + encode_basestring_ascii(position)

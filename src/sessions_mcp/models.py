@@ -7,11 +7,12 @@ fewer are not.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic_core import to_jsonable_python
@@ -219,36 +220,26 @@ class Message(BaseModel):
     text_length: int | None = Field(default=None, description="Length of the full text, set when cut.")
 
 
-@dataclass(slots=True)
-class MessageView:
-    """A :class:`Message` as the read path builds it: straight from stored JSON, no model per row.
-
-    ``json()`` is exactly what ``Message.model_dump(mode="json")`` gives for the same message;
-    ``model()`` is that :class:`Message`, for the callers that want one.
-    """
+class MessageJSON(TypedDict):
+    """A :class:`Message` in its JSON form, as the read path builds it (no model per row)."""
 
     id: str
     session_id: str
     role: Role
     text: str
     parts: list[dict[str, Any]]
-    created_at: datetime
-    truncated: bool = False
-    cursor: str | None = None
-    text_offset: int = 0
-    text_length: int | None = None
+    created_at: str
+    truncated: bool
+    cursor: str | None
+    text_offset: int
+    text_length: int | None
 
-    def json(self) -> dict[str, Any]:
-        """The message as JSON (the ``Message`` schema)."""
-        return {
-            "id": self.id, "session_id": self.session_id, "role": self.role, "text": self.text,
-            "parts": self.parts, "created_at": to_jsonable_python(self.created_at), "truncated": self.truncated,
-            "cursor": self.cursor, "text_offset": self.text_offset, "text_length": self.text_length,
-        }  # fmt: skip
 
-    def model(self) -> Message:
-        """The message as the public model."""
-        return Message.model_validate(self.json())
+def iso_from_ms(ms: int) -> str:
+    """Unix milliseconds as pydantic writes the equivalent UTC datetime in JSON (``...T10:48:05.287000Z``)."""
+    seconds, frac = divmod(ms, 1000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{base}.{frac:03d}000Z" if frac else base + "Z"
 
 
 class Session(BaseModel):
@@ -281,30 +272,44 @@ class StoredMessage:
     without building one model per row (bench budget 2).
     """
 
-    __slots__ = ("_json", "_typed", "created_at", "id", "position", "role")
+    __slots__ = ("_created", "_json", "_ms", "_typed", "id", "position", "role")
 
     def __init__(self, *, id: str, role: Role, parts: Sequence[Part] = (), created_at: datetime, position: str) -> None:
         self.id = id
         self.role: Role = role
-        self.created_at = created_at
         self.position = position
         """Backend-native position just after this message."""
+        self._created: datetime | None = created_at
+        self._ms: int | None = None
         self._typed: list[Part] | None = list(parts)
         self._json: list[dict[str, Any]] | None = None
 
     @classmethod
     def stored(
-        cls, *, id: str, role: Role, parts: list[dict[str, Any]], created_at: datetime, position: str
+        cls, *, id: str, role: Role, parts: list[dict[str, Any]], created_ms: int, position: str
     ) -> StoredMessage:
         """A message from this server's store: ``parts`` in the JSON form it was written in."""
         m = cls.__new__(cls)
-        m.id, m.role, m.created_at, m.position = id, role, created_at, position
-        m._typed = None
+        m.id, m.role, m.position, m._ms, m._created, m._typed = id, role, position, created_ms, None, None
         first = parts[0] if len(parts) == 1 else None
         # nearly every message is one text part: skip the general check for it
         simple = type(first) is dict and first.keys() == _TEXT_KEYS and type(first["text"]) is str
         m._json = parts if simple else canonical_parts(parts, trust=True)
         return m
+
+    @property
+    def created_at(self) -> datetime:
+        """When the message was written (UTC)."""
+        if self._created is None:
+            self._created = datetime.fromtimestamp((self._ms or 0) / 1000, tz=UTC)
+        return self._created
+
+    @property
+    def created_iso(self) -> str:
+        """:attr:`created_at` as the public JSON writes it."""
+        if self._ms is not None:
+            return iso_from_ms(self._ms)
+        return str(to_jsonable_python(self.created_at))
 
     @property
     def parts(self) -> list[Part]:

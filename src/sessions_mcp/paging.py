@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from . import limits
 from .ids import Handle, encode_cursor
-from .models import MessageView, Session, SessionRecord, StoredMessage
+from .models import MessageJSON, Session, SessionRecord, StoredMessage
 
 
 def public_session(backend: str, rec: SessionRecord) -> Session:
@@ -36,28 +36,28 @@ def fit(
     start: str | None,
     offset: int,
     max_chars: int,
-) -> tuple[list[MessageView], str, bool]:
+) -> tuple[list[MessageJSON], str, bool]:
     """Cut a run of messages to ``max_chars`` of text.
 
-    Returns the public messages, the cursor after what was returned, and whether
+    Returns the public messages (in JSON form), the cursor after what was returned, and whether
     anything was held back. A message that does not fit is either left for the next page
     (when others came before it) or cut, with a cursor that points inside it.
     """
     budget = max_chars
     position = start
-    out: list[MessageView] = []
+    out: list[MessageJSON] = []
     for i, m in enumerate(items):
         skip = offset if i == 0 else 0
         full = m.text
         rest = full[skip:]
         if len(rest) <= budget:
-            parts = m.json_parts if skip == 0 else [{"type": "text", "text": rest}]
             out.append(
-                MessageView(
-                    id=m.id, session_id=session_id, role=m.role, text=rest, parts=parts,
-                    created_at=m.created_at, truncated=skip > 0, cursor=encode_cursor(session_id, m.position),
-                    text_offset=skip, text_length=len(full) if skip else None,
-                )
+                {
+                    "id": m.id, "session_id": session_id, "role": m.role, "text": rest,
+                    "parts": m.json_parts if skip == 0 else [{"type": "text", "text": rest}],
+                    "created_at": m.created_iso, "truncated": skip > 0, "cursor": encode_cursor(session_id, m.position),
+                    "text_offset": skip, "text_length": len(full) if skip else None,
+                }
             )  # fmt: skip
             budget -= len(rest)
             position = m.position
@@ -67,10 +67,11 @@ def fit(
         piece = rest[: max(budget, 1)]
         resume = encode_cursor(session_id, position, skip + len(piece))
         out.append(
-            MessageView(
-                id=m.id, session_id=session_id, role=m.role, text=piece, parts=[{"type": "text", "text": piece}],
-                created_at=m.created_at, truncated=True, cursor=resume, text_offset=skip, text_length=len(full),
-            )
+            {
+                "id": m.id, "session_id": session_id, "role": m.role, "text": piece,
+                "parts": [{"type": "text", "text": piece}], "created_at": m.created_iso, "truncated": True,
+                "cursor": resume, "text_offset": skip, "text_length": len(full),
+            }
         )  # fmt: skip
         return out, resume, True
     return out, encode_cursor(session_id, position, offset if not out else 0), False

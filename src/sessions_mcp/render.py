@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .models import Message, MessageView, Pending, PlanPart, Session, ToolCallPart, ToolResultPart
+from .models import Message, MessageJSON, Pending, PlanPart, Session, ToolCallPart, ToolResultPart
 
 _MAX_TOOL_IO = 2000
 
@@ -28,21 +28,22 @@ def pending_text(session_id: str, p: Pending) -> str:
     return "\n".join(lines)
 
 
-def message_block(m: Message | MessageView) -> str:
-    """A message as plain text for a tool result."""
-    head = f"[{m.role}] {m.id} {m.created_at.isoformat()}"
-    body = m.text
-    if m.truncated:
-        shown_end = m.text_offset + len(m.text)
+def message_block(m: MessageJSON) -> str:
+    """A message (in its JSON form) as plain text for a tool result."""
+    at = m["created_at"]
+    head = f"[{m['role']}] {m['id']} {at[:-1] + '+00:00' if at.endswith('Z') else at}"
+    body = m["text"]
+    if m["truncated"]:
+        shown_end = m["text_offset"] + len(body)
         body += (
-            f"\n… [cut: characters {m.text_offset:,}-{shown_end:,} of {m.text_length or 0:,} shown; call "
-            f"list_messages(session_id={m.session_id!r}, after={m.cursor!r}) to read the rest]"
+            f"\n… [cut: characters {m['text_offset']:,}-{shown_end:,} of {m['text_length'] or 0:,} shown; call "
+            f"list_messages(session_id={m['session_id']!r}, after={m['cursor']!r}) to read the rest]"
         )
     return f"{head}\n{body}"
 
 
-def messages_text(messages: Iterable[Message | MessageView]) -> str:
-    """Several messages as plain text."""
+def messages_text(messages: Iterable[MessageJSON]) -> str:
+    """Several messages (in their JSON form) as plain text."""
     return "\n\n".join(message_block(m) for m in messages)
 
 

@@ -29,7 +29,7 @@ async def _load(service: SessionService, backend: str, native_id: str) -> tuple[
                 principal, session_id=session_id, after=after, limit=200, roles=None, wait_s=0,
                 max_chars=RESOURCE_CHARS,
             )  # fmt: skip
-            messages.extend(m.model() for m in page.messages)
+            messages.extend(Message.model_validate(m) for m in page.messages)
             after, more = page.next_cursor, page.has_more
             if sum(len(m.text) for m in messages) >= RESOURCE_CHARS:
                 break

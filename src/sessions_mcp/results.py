@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .models import Message, MessageView, Pending, Session, Status
+from .models import Message, MessageJSON, Pending, Session, Status
 
 
 class WriteResult(BaseModel):
@@ -44,7 +44,7 @@ class ListMessagesResult(BaseModel):
 class MessagesPage:
     """A page of messages as the read path builds it; :class:`ListMessagesResult` is its schema."""
 
-    messages: list[MessageView]
+    messages: list[MessageJSON]
     next_cursor: str
     has_more: bool
     status: Status
@@ -52,7 +52,7 @@ class MessagesPage:
     def json(self) -> dict[str, Any]:
         """The page as JSON: what ``ListMessagesResult.model_dump(mode="json")`` gives for it."""
         return {
-            "messages": [m.json() for m in self.messages],
+            "messages": self.messages,
             "next_cursor": self.next_cursor,
             "has_more": self.has_more,
             "status": self.status.value,

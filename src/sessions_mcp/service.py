@@ -23,7 +23,7 @@ from .backends.requests import CreateRequest, MessageQuery, SendRequest, Session
 from .errors import InvalidArgument, Unsupported, quote
 from .idempotent import idempotent
 from .ids import Handle, decode_cursor, decode_page_token, encode_cursor, encode_page_token, parse_handle
-from .models import BackendInfo, Pending, Role, Session, Status, StoredMessage
+from .models import BackendInfo, Message, Pending, Role, Session, Status, StoredMessage
 from .paging import fit, public_session
 from .results import (
     CreateSessionResult,
@@ -216,7 +216,7 @@ class SessionService:
             msgs, cursor, _ = fit(sid, created.written, start=None, offset=0, max_chars=max_chars)
             return CreateSessionResult(
                 session=public_session(be.name, created.session),
-                messages=[m.model() for m in msgs],
+                messages=[Message.model_validate(m) for m in msgs],
                 cursor=cursor,
                 status=created.session.status,
                 pending=created.session.pending,
@@ -273,8 +273,8 @@ class SessionService:
             return SendMessageResult(
                 message_id=msg.id,
                 session=public_session(be.name, rec),
-                messages=[m.model() for m in msgs],
-                cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1].truncated else cursor,
+                messages=[Message.model_validate(m) for m in msgs],
+                cursor=encode_cursor(sid, msg.position) if msgs and not msgs[-1]["truncated"] else cursor,
                 status=rec.status,
                 pending=rec.pending,
             )
@@ -357,7 +357,7 @@ class SessionService:
         )
         return first.model_copy(
             update={
-                "messages": [*first.messages, *(m.model() for m in more)],
+                "messages": [*first.messages, *(Message.model_validate(m) for m in more)],
                 "cursor": next_cursor if more else cursor,
                 "status": status,
                 "session": session,

@@ -4,7 +4,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal, ParamSpec
+from typing import Annotated, Any, Literal, ParamSpec
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -64,27 +64,33 @@ def _result(model: BaseModel, text: str) -> CallToolResult:
     )
 
 
+def _content(data: dict[str, Any], text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
 def create_session_result(r: CreateSessionResult) -> CallToolResult:
     """What ``create_session`` answers for this result (also the result of its MCP task)."""
+    data = r.model_dump(mode="json")
     text = f"created {session_line(r.session)}\nstatus: {r.status.value}  cursor: {r.cursor}"
     if r.messages:
-        text += "\n\n" + messages_text(r.messages)
+        text += "\n\n" + messages_text(data["messages"])
     if r.pending is not None:
         text += "\n\n" + pending_text(r.session.id, r.pending)
-    return _result(r, text)
+    return _content(data, text)
 
 
 def send_message_result(r: SendMessageResult) -> CallToolResult:
     """What ``send_message`` answers for this result (also the result of its MCP task)."""
+    data = r.model_dump(mode="json")
     out = f"sent {r.message_id} to {r.session.id}\nstatus: {r.status.value}  cursor: {r.cursor}"
-    replies = r.messages[1:]
+    replies = data["messages"][1:]
     if replies:
         out += "\n\n" + messages_text(replies)
     elif r.status.value == "running":
         out += f"\nthe agent is still working; call list_messages(session_id={r.session.id!r}, after={r.cursor!r}, wait_s=60)"
     if r.pending is not None:
         out += "\n\n" + pending_text(r.session.id, r.pending)
-    return _result(r, out)
+    return _content(data, out)
 
 
 def _guard(
@@ -333,8 +339,7 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
             max_chars=max_chars, progress=_progress(ctx),
         )  # fmt: skip
         head = f"{len(r.messages)} message(s); status: {r.status.value}; has_more: {r.has_more}; next_cursor: {r.next_cursor}"
-        text = head + ("\n\n" + messages_text(r.messages) if r.messages else "")
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=r.json())
+        return _content(r.json(), head + ("\n\n" + messages_text(r.messages) if r.messages else ""))
 
     @expose("get_session", "Get session", read_only=True, destructive=False, idempotent=True, app=True)
     async def get_session(session_id: SessionId) -> Annotated[CallToolResult, Session]:

@@ -270,7 +270,7 @@ async def _all_messages(service: SessionService, principal: str, session_id: str
         page = await service.list_messages(
             principal, session_id=session_id, after=cursor, limit=PAGE, roles=None, wait_s=0, max_chars=FULL_TEXT
         )
-        messages += [m.model() for m in page.messages]
+        messages += [Message.model_validate(m) for m in page.messages]
         cursor = page.next_cursor
         if not page.has_more or not page.messages:
             return messages, cursor
@@ -319,7 +319,7 @@ async def _tail(service: SessionService, principal: str, session_id: str, lines_
         except UnknownSession:
             _emit(out, ["", f"· session {session_id} was deleted"])
             return 0
-        for m in (v.model() for v in page.messages):
+        for m in (Message.model_validate(v) for v in page.messages):
             _emit(out, ([""] if previous is None or previous.id != m.id else []) + message_lines(m, previous))
             previous = m
         if page.status is not status:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from ..errors import InvalidArgument
 from ..models import SessionPage, SessionRecord, StoredMessage
 from ..store.base import SessionRow, Store
-from ..store.rows import MessageRow, from_ms
+from ..store.rows import MessageRow
 from .requests import SessionQuery
 
 BAD_CURSOR = "bad cursor for list_sessions: pass next_cursor from a previous call"
@@ -45,5 +45,5 @@ async def stored_sessions_page(
 def stored_message(row: MessageRow) -> StoredMessage:
     """A message row of this server's store as a neutral message (its parts stay JSON; no model per row)."""
     return StoredMessage.stored(
-        id=row.id, role=row.role, parts=row.parts, created_at=from_ms(row.created_at), position=str(row.seq)
+        id=row.id, role=row.role, parts=row.parts, created_ms=row.created_at, position=str(row.seq)
     )
