@@ -252,7 +252,7 @@ async def test_interrupt_from_another_process_stops_the_turn_where_it_runs(
                 if len(page.messages) == 2:
                     break
                 await anyio.sleep(0.02)
-        assert page.messages[1].text == "started, now hanging\n\n\n[interrupted]"
+        assert page.messages[1]["text"] == "started, now hanging\n\n\n[interrupted]"
         assert (await other_side.service.get_session("local", sid)).status is Status.IDLE
 
 

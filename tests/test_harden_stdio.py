@@ -133,3 +133,59 @@ def test_sigint_stops_the_stdio_server_while_stdin_is_an_idle_pipe(probe: StdioP
     assert code in (130, -signal.SIGINT, 0), probe.close()
     assert time.monotonic() - started < 5
     assert "Traceback" not in probe.close()
+
+
+@pytest.mark.slow
+def test_answers_larger_than_the_pipe_reach_a_client_that_reads_late(probe: StdioProbe) -> None:
+    """Answers go into a non-blocking pipe: a full pipe makes the server wait for room, not lose bytes."""
+    big = "x" * 300_000
+    for i in range(3):  # ~1 MB of answers, far more than a 64 KB pipe holds, before reading any
+        probe.send({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+                    "params": {"name": "create_session", "arguments": {"prompt": big, "agent": "none"}}})  # fmt: skip
+    probe.send({"jsonrpc": "2.0", "id": 20, "method": "ping"})
+    answers = [probe.read(30) for _ in range(4)]
+    assert all(a is not None for a in answers), answers
+    by_id = {a["id"]: a for a in answers if a is not None}
+    assert sorted(by_id) == [10, 11, 12, 20]
+    for i in range(3):
+        result = by_id[10 + i]["result"]
+        assert not result.get("isError"), result
+        text = result["structuredContent"]["messages"][0]["text"]
+        assert len(text) >= 10_000 and big.startswith(text)  # whole, cut only where max_chars says
+
+
+def test_requests_from_a_file_are_answered_in_order(tmp_path: Path) -> None:
+    """stdin that the event loop cannot wait on (a regular file) is read by a thread, to the end."""
+    lines = [INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    lines += [{"jsonrpc": "2.0", "id": 2 + i, "method": "ping"} for i in range(5)]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    with requests.open("rb") as stdin:
+        done = subprocess.run(
+            server_command(), stdin=stdin, capture_output=True, env=server_env(tmp_path / "s.db"), timeout=60
+        )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [1, 2, 3, 4, 5, 6], done.stderr.decode()[-2000:]
+    assert done.returncode == 0
+
+
+@pytest.mark.anyio
+async def test_the_transport_leaves_pipes_as_it_found_them() -> None:
+    """Pipes are switched to non-blocking mode while served, and back when the server stops."""
+    import anyio
+
+    from sessions_mcp.stdio import stdio_transport
+
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    try:
+        async with stdio_transport(rin, wout):
+            assert not os.get_blocking(rin) and not os.get_blocking(wout)
+            os.close(win)  # EOF: the client went away
+            win = -1
+            await anyio.sleep(0)
+        assert os.get_blocking(rin) and os.get_blocking(wout)
+    finally:
+        for fd in (rin, win, rout, wout):
+            if fd >= 0:
+                os.close(fd)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import secrets
+from binascii import b2a_base64
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -86,6 +87,9 @@ def _cursor_head(session_id: str) -> str:
     return '{"s":"' + _fingerprint(session_id) + '"'  # hex digits: nothing to escape
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 @functools.lru_cache(maxsize=4096)
 def _encoded_head(session_id: str) -> str:
     # '{"s":"<12 hex>","p":' is 24 bytes, a whole number of base64 groups: its encoding is a
@@ -100,8 +104,8 @@ def encode_cursor(session_id: str, position: str | None, offset: int = 0) -> str
     what ``json.dumps(..., separators=(",", ":"))`` gives (a test holds them to it).
     """
     if position is not None and not offset:
-        tail = base64.urlsafe_b64encode((encode_basestring_ascii(position) + "}").encode()).rstrip(b"=").decode()
-        return _encoded_head(session_id) + tail
+        tail = b2a_base64((encode_basestring_ascii(position) + "}").encode(), newline=False)
+        return _encoded_head(session_id) + tail.translate(_URLSAFE).rstrip(b"=").decode()
     raw = _cursor_head(session_id)
     if position is not None:
         raw += ',"p":' + encode_basestring_ascii(position)

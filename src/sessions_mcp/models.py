@@ -7,6 +7,7 @@ fewer are not.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,10 +236,16 @@ class MessageJSON(TypedDict):
     text_length: int | None
 
 
+@functools.lru_cache(maxsize=512)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_from_ms(ms: int) -> str:
     """Unix milliseconds as pydantic writes the equivalent UTC datetime in JSON (``...T10:48:05.287000Z``)."""
     seconds, frac = divmod(ms, 1000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    # a turn's messages share their seconds: each second is formatted once
+    base = _iso_second(seconds)
     return f"{base}.{frac:03d}000Z" if frac else base + "Z"
 
 
@@ -285,9 +292,7 @@ class StoredMessage:
         self._json: list[dict[str, Any]] | None = None
 
     @classmethod
-    def stored(
-        cls, *, id: str, role: Role, parts: list[dict[str, Any]], created_ms: int, position: str
-    ) -> StoredMessage:
+    def stored(cls, id: str, role: Role, parts: list[dict[str, Any]], created_ms: int, position: str) -> StoredMessage:
         """A message from this server's store: ``parts`` in the JSON form it was written in."""
         m = cls.__new__(cls)
         m.id, m.role, m.position, m._ms, m._created, m._typed = id, role, position, created_ms, None, None

@@ -8,8 +8,12 @@ arrives. This transport differs in exactly those two ways:
   (parse error) for text that is not JSON, ``-32600`` (invalid request) for JSON that is not a
   message (batches, ``"jsonrpc":"1.0"``, float or null ids), ``-32602`` for non-object params,
   with the request's id when it has a usable one and ``null`` otherwise;
-- stdin is read by a daemon thread that hands chunks to the event loop, so cancelling the
-  server (SIGINT) does not wait for input.
+- stdin is read without blocking the server: pipes and sockets (what clients hand over) are
+  switched to non-blocking mode and read and written on the event loop itself; anything else (a
+  terminal, a file) is read by a daemon thread that hands chunks to the loop. Either way
+  cancelling the server (SIGINT) does not wait for input. Answers go straight into a pipe with
+  room, with no thread hop per message: the two hops per request that a thread-based
+  transport makes were a third of the server's CPU for a small tool call (bench budget 2).
 
 Like the SDK, fd 0 and fd 1 are pointed at ``/dev/null`` and stderr while serving, so child
 processes cannot read the protocol or write into it; they are restored on exit.
@@ -21,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -162,6 +167,43 @@ class _Claimed:
                 os.close(saved)
 
 
+def _on_loop(fd: int) -> bool:
+    """Switch ``fd`` to non-blocking mode when the event loop can wait on it (a pipe or a socket).
+
+    Terminals are left alone (a shell sharing one would find it non-blocking after we exit), and
+    regular files cannot be waited on.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+        os.set_blocking(fd, False)
+    except OSError:
+        return False
+    return True
+
+
+def _restore_blocking(fd: int) -> None:
+    # the open file description is shared with whoever else holds the descriptor
+    with contextlib.suppress(OSError):
+        os.set_blocking(fd, True)
+
+
+async def _read_on_loop(fd: int, deliver: Callable[[bytes], Awaitable[None]]) -> None:
+    """Read a non-blocking ``fd`` until EOF, handing each chunk on (b"" at the end)."""
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        except OSError:
+            chunk = b""
+        await deliver(chunk)
+        if not chunk:
+            return
+
+
 def _reader_thread(fd: int, deliver: Callable[[bytes], None]) -> None:
     """Read ``fd`` until EOF, handing each chunk to the loop (b"" at the end)."""
     while True:
@@ -188,11 +230,20 @@ async def stdio_transport(in_fd: int | None = None, out_fd: int | None = None) -
     chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](4)
     out_lock = anyio.Lock()
 
+    write_on_loop = _on_loop(wfd)
+
     async def write_line(data: bytes) -> None:
         async with out_lock:
             view = memoryview(data)
             while view:
-                written = await anyio.to_thread.run_sync(os.write, wfd, view)
+                if write_on_loop:
+                    try:
+                        written = os.write(wfd, view)
+                    except BlockingIOError:  # the pipe is full: the client reads slower than we write
+                        await anyio.wait_writable(wfd)
+                        continue
+                else:
+                    written = await anyio.to_thread.run_sync(os.write, wfd, view)
                 view = view[written:]
 
     async def reader(send: ContextSendStream[SessionMessage | Exception]) -> None:
@@ -242,11 +293,20 @@ async def stdio_transport(in_fd: int | None = None, out_fd: int | None = None) -
     def deliver(chunk: bytes) -> None:
         anyio.from_thread.run(chunks_in.send, chunk, token=token)
 
+    read_on_loop = _on_loop(rfd)
     try:
         async with anyio.create_task_group() as tg:
-            thread = threading.Thread(target=_reader_thread, args=(rfd, deliver), name="stdin", daemon=True)
-            thread.start()
-            reading = anyio.CancelScope()
+            reading, pumping = anyio.CancelScope(), anyio.CancelScope()
+            if read_on_loop:
+
+                async def pump() -> None:
+                    with pumping, contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        await _read_on_loop(rfd, chunks_in.send)
+
+                tg.start_soon(pump)
+            else:
+                thread = threading.Thread(target=_reader_thread, args=(rfd, deliver), name="stdin", daemon=True)
+                thread.start()
 
             async def read_all() -> None:
                 with reading, contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -258,9 +318,14 @@ async def stdio_transport(in_fd: int | None = None, out_fd: int | None = None) -
                 yield read_stream, write_stream
             finally:
                 reading.cancel()  # the server is done; answers already queued are still written
+                pumping.cancel()
                 tg.cancel_scope.deadline = anyio.current_time() + WRITE_GRACE_S
     finally:
         chunks_in.close()
+        if read_on_loop:
+            _restore_blocking(rfd)
+        if write_on_loop:
+            _restore_blocking(wfd)
         if claimed is not None:
             claimed.restore()
 

@@ -44,6 +44,4 @@ async def stored_sessions_page(
 
 def stored_message(row: MessageRow) -> StoredMessage:
     """A message row of this server's store as a neutral message (its parts stay JSON; no model per row)."""
-    return StoredMessage.stored(
-        id=row.id, role=row.role, parts=row.parts, created_ms=row.created_at, position=str(row.seq)
-    )
+    return StoredMessage.stored(row.id, row.role, row.parts, row.created_at, str(row.seq))
