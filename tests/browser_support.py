@@ -39,6 +39,8 @@ CHROMIUM = "/usr/lib/chromium/chromium"
 ARTIFACTS = ROOT / ".tools" / "artifacts" / "view"
 """Screenshots land here (git-ignored)."""
 
+STOP_S = 60
+"""How long the server may take to stop (the agents' turns end first: up to 15 s each)."""
 SETUP_HINT = "run `bash scripts/setup-browser.sh` (chromium, playwright-core, web/node_modules)"
 
 
@@ -118,7 +120,6 @@ class Served:
         tool: str,
         args: dict[str, Any],
         theme: str = "light",
-        overrides: dict[str, Any] | None = None,
         era: str = "legacy",
     ) -> str:
         from urllib.parse import urlencode
@@ -129,7 +130,6 @@ class Served:
                 "args": json.dumps(args),
                 "theme": theme,
                 "sandbox": self.sandbox,
-                "overrides": json.dumps(overrides or {}),
                 "era": era,
             }
         )
@@ -195,15 +195,27 @@ async def serve_with_host(settings: Settings, host_js: Path) -> AsyncIterator[Se
     server = Server(
         uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=3)
     )
+    stopped = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await server.serve([main_sock, sandbox_sock])
+        finally:
+            stopped.set()
+
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [main_sock, sandbox_sock])
+            tg.start_soon(serve)
             with anyio.fail_after(15):
                 await started.wait()
             try:
                 yield Served(main_sock.getsockname()[1], sandbox_port, built.runtime)
             finally:
+                # a graceful stop even when the block failed: a task group cancelling serve() would
+                # orphan uvicorn's lifespan task, and with it the runtime and its agent processes
                 server.should_exit = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_S):
+                    await stopped.wait()
     finally:
         main_sock.close()
         sandbox_sock.close()

@@ -8,9 +8,9 @@ by a follow-up, and an interrupt of a slow turn.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +19,15 @@ import anyio.to_thread
 import pytest
 from mcp import Client
 
-from sessions_mcp.server import build_server
+from sessions_mcp.principal import LOCAL_PRINCIPAL
+from sessions_mcp.server import Runtime, build_server
 from sessions_mcp.settings import Settings
 
-from .acp_script import SECRET, scenario
-from .clis import CliHome
+from .acp_rig import PRESETS, Rig, rig_for
+from .acp_script import SECRET
 from .conftest import client_for
-from .mockllm import MockLLM
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hosts, pytest.mark.timeout(900)]
-
-# preset -> (CliHome flavour, extra agent settings)
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gemini": ("gemini", {"model": "gemini-2.5-flash"}),
-    "qwen": ("qwen", {}),
-    "opencode": ("opencode", {}),
-    "copilot": ("copilot", {}),
-    "droid": ("droid", {"model": "custom:Mock-0"}),
-    "claude": ("claude", {}),
-    "codex": ("codex", {}),
-}
-EXTRA_ENV: dict[str, dict[str, str]] = {
-    "droid": {"FACTORY_API_KEY": "fk-mock-key"},  # any value: droid's ACP mode refuses to start without one
-}
-
-
-@dataclass
-class Rig:
-    preset: str
-    home: CliHome
-    mock: MockLLM
-    make: Callable[..., Settings]
-
-    def settings(self, permissions: str = "ask") -> Settings:
-        agents = {self.preset: {"kind": "acp", "permissions": permissions, **PRESETS[self.preset][1]}}
-        return self.make(local={"agent_roots": [str(self.home.work)], "input_timeout_s": 120}, agents=agents)
-
-    @asynccontextmanager
-    async def client(self, permissions: str = "ask") -> AsyncIterator[Client]:
-        async with client_for(build_server(self.settings(permissions)), "auto") as c:
-            yield c
 
 
 @pytest.fixture(params=list(PRESETS))
@@ -68,13 +37,8 @@ def rig(
     monkeypatch: pytest.MonkeyPatch,
     make_settings: Callable[..., Settings],
 ) -> Iterator[Rig]:
-    preset: str = request.param
-    with MockLLM(scenario(), log_path=tmp_path / "mock.jsonl") as mock:
-        home = CliHome.create(PRESETS[preset][0], tmp_path / "home", mock.url, EXTRA_ENV.get(preset))
-        for key, value in home.env.items():
-            monkeypatch.setenv(key, value)
-        yield Rig(preset, home, mock, make_settings)
-        assert not home.leftover_pids(), "an agent process outlived the server"
+    with rig_for(request.param, tmp_path, monkeypatch, make_settings) as r:
+        yield r
 
 
 async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
@@ -173,12 +137,8 @@ async def test_policy_answers_and_interrupt_stops_a_slow_turn(rig: Rig) -> None:
 
 @pytest.fixture
 def one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_settings: Callable[..., Settings]) -> Iterator[Rig]:
-    with MockLLM(scenario(), log_path=tmp_path / "mock.jsonl") as mock:
-        home = CliHome.create("claude", tmp_path / "home", mock.url)
-        for key, value in home.env.items():
-            monkeypatch.setenv(key, value)
-        yield Rig("claude", home, mock, make_settings)
-        assert not home.leftover_pids(), "an agent process outlived the server"
+    with rig_for("claude", tmp_path, monkeypatch, make_settings) as r:
+        yield r
 
 
 async def test_a_client_that_can_elicit_is_asked_first(one: Rig) -> None:
@@ -271,3 +231,40 @@ async def test_deny_refuses_at_once(one: Rig) -> None:
         notes = [m["text"] for m in await messages(c, sid, roles=["tool"])]
         assert any("policy deny" in t for t in notes), notes
     assert not (one.home.work / "policy.txt").exists()
+
+
+def test_the_agent_stops_when_the_event_loop_cancels_every_task_at_once(one: Rig) -> None:
+    """``asyncio.run`` left with the server still running cancels every task at once, the ACP
+    connection's own reader and writer included: ending the turn must not then wait for ever to
+    tell the agent (``session/cancel``) over a connection that can no longer write."""
+    settings = one.settings(permissions="allow")
+    ended = threading.Event()
+
+    async def main() -> None:
+        rt = Runtime(settings)
+        up = asyncio.Event()
+
+        async def serve() -> None:
+            async with rt.running():
+                up.set()
+                await asyncio.Event().wait()
+
+        server = asyncio.create_task(serve())
+        await up.wait()
+        await rt.service.create_session(
+            LOCAL_PRINCIPAL, prompt="SLOW please", title=None, backend=None, model=None, system=None, wait=False,
+            timeout_s=0, idempotency_key=None, agent="claude", workdir=str(one.home.work),
+        )  # fmt: skip
+        slow = lambda e: "SLOW" in str(e.get("body", ""))  # noqa: E731
+        await asyncio.get_running_loop().run_in_executor(None, lambda: one.mock.wait_delayed(slow, 90))
+        assert not server.done()
+        # returning now leaves the server, its turn and the agent connection's tasks to asyncio.run
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, name="loop-under-test", daemon=True).start()
+    assert ended.wait(60), "the event loop never finished cancelling the server's tasks"

@@ -3,6 +3,8 @@
 Each test serves the real HTTP app (uvicorn on 127.0.0.1), opens the view the way an MCP Apps host
 does (tool call -> ``_meta.ui.resourceUri`` -> ``resources/read`` -> double-iframe sandbox) and
 acts on it while another MCP client (the Python SDK over streamable HTTP) writes to the session.
+A pending request comes from real agents: Claude Code over ACP asking permission (against the mock
+model, :mod:`tests.acp_rig`) and an A2A agent asking a question (:mod:`tests.emulators.a2a_agents`).
 Screenshots go to ``.tools/artifacts/view/``.
 """
 
@@ -23,7 +25,9 @@ from sessions_mcp.models import Status
 from sessions_mcp.principal import LOCAL_PRINCIPAL
 from sessions_mcp.settings import Settings
 
+from .acp_rig import rig_for
 from .browser_support import Browser, Served, browser, build_host, check_installed, serve_with_host
+from .emulators.a2a_agents import serving
 from .http_support import mcp_client, ok
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.browser]
@@ -52,7 +56,7 @@ async def session_view(settings: Settings, host_js: Path, chromium: Browser) -> 
 
 
 async def open_view(chromium: Browser, srv: Served, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    url = srv.page(tool, args, kw.pop("theme", "light"), kw.pop("overrides", None), kw.pop("era", "legacy"))
+    url = srv.page(tool, args, kw.pop("theme", "light"), kw.pop("era", "legacy"))
     opened = await chromium.do("open", url=url, **kw)
     await chromium.do("wait_text", selector="#view", text="backend")
     return opened
@@ -281,69 +285,101 @@ def luminance(css: str) -> float:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
-PERMISSION = {
-    "id": "pend-1",
-    "kind": "permission",
-    "text": "Allow the agent to run `rm -rf build/`?",
-    "options": [
-        {"id": "opt-once", "label": "Allow once", "kind": "allow_once"},
-        {"id": "opt-always", "label": "Always allow", "kind": "allow_always"},
-        {"id": "opt-reject", "label": "Reject", "kind": "reject_once"},
-    ],
-    "created_at": "2026-12-02T07:00:00Z",
-}
+async def until_status(client: Client, sid: str, status: str, timeout: float = 120) -> dict[str, Any]:
+    """``get_session`` once the session has ``status`` (polled; fails after ``timeout`` seconds)."""
+    with anyio.fail_after(timeout):
+        while True:
+            s = await ok(client, "get_session", session_id=sid)
+            if s["status"] == status:
+                return s
+            assert s["status"] in ("running", "needs_input"), s
+            await anyio.sleep(0.1)
 
 
-async def test_a_needs_input_session_shows_its_options_and_a_click_answers_it(
+@pytest.mark.hosts
+@pytest.mark.timeout(300)
+async def test_a_real_agent_asks_permission_and_a_click_on_an_option_answers_it(
+    make_settings: Callable[..., Settings],
+    host_js: Path,
+    chromium: Browser,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Claude Code over ACP (against the mock model) asks before it runs a shell command."""
+    with rig_for("claude", tmp_path, monkeypatch, make_settings) as rig:
+        work = rig.home.work
+        async with session_view(rig.settings(input_timeout_s=60), host_js, chromium) as (srv, other):
+            created = await ok(
+                other, "create_session", title="write a file", agent="claude", workdir=str(work),
+                prompt="WRITE allowed.txt please", wait=False,
+            )  # fmt: skip
+            sid = created["session"]["id"]
+            asked = await until_status(other, sid, "needs_input")
+            pending = asked["pending"]
+            assert pending["kind"] == "permission" and pending["options"], pending
+
+            await open_view(chromium, srv, "get_session", {"session_id": sid})
+            await chromium.do("wait_text", selector="#status", text="needs input")
+            assert await chromium.do("visible", selector="#pending")
+            assert await chromium.do("text", selector="#pending-text") == pending["text"]
+            labels = [o["label"] for o in pending["options"]]
+            assert await chromium.do("texts", selector="#pending-options button") == labels
+            assert not await chromium.do("visible", selector="#answer-form")  # options, no free text
+            await chromium.do("wait_text", selector="#transcript", text="WRITE allowed.txt please")
+            await chromium.screenshot("needs-input")
+
+            allow = next(o for o in pending["options"] if o["kind"] == "allow_once")
+            button = f'#pending-options button[data-option="{allow["id"]}"]'
+            assert await chromium.do("text", selector=button) == allow["label"]
+            await chromium.do("dblclick", selector=button)  # a double click still answers once
+            await chromium.do("wait_text", selector="#transcript", text="WROTE-DONE", timeout=60000)
+            await chromium.do("wait_text", selector="#status", text="idle")
+            assert not await chromium.do("visible", selector="#pending")
+            tools = await chromium.do("texts", selector="details.tool > summary")
+            assert any("echo hi > allowed.txt" in t and "completed" in t for t in tools), tools
+            assert (work / "allowed.txt").read_text().strip() == "hi"
+            done = await ok(other, "get_session", session_id=sid)
+            assert done["status"] == "idle" and done["pending"] is None, done
+            page = await ok(other, "list_messages", session_id=sid, roles=["user"])
+            assert [m["text"] for m in page["messages"]] == ["WRITE allowed.txt please", allow["label"]]
+            sends = await chromium.do("host", expr="window.hostState.calls.filter(c => c.name === 'send_message')")
+            assert len(sends) == 1, sends
+
+
+async def test_a_real_a2a_agent_asks_a_question_and_the_answer_box_answers_it(
     make_settings: Callable[..., Settings], host_js: Path, chromium: Browser
 ) -> None:
-    """``needs_input`` + ``pending`` in the shape the agents branch adds (models-shape.md).
+    """An A2A agent (a2a-sdk's server) goes input-required; the answer continues its task."""
+    with serving() as agent:
+        settings = make_settings(backends=["a2a"], a2a={"agents": f"helper={agent.url}", "timeout_s": 10})
+        async with session_view(settings, host_js, chromium) as (srv, other):
+            created = await ok(other, "create_session", title="a question", prompt="ask me something", wait=False)
+            sid = created["session"]["id"]
+            asked = await until_status(other, sid, "needs_input", timeout=30)
+            pending = asked["pending"]
+            assert pending["kind"] == "question" and pending["options"] is None, pending
 
-    This server build has no needs_input yet, so the test host merges that shape into the
-    get_session/list_messages results it proxies; the click's send_message goes to the real server.
-    """
-    async with session_view(make_settings(), host_js, chromium) as (srv, other):
-        created = await ok(other, "create_session", title="cleanup", prompt="Clean the build", agent="none")
-        sid = created["session"]["id"]
-        shape = {
-            "get_session": {"status": "needs_input", "pending": PERMISSION},
-            "list_messages": {"status": "needs_input"},
-        }
-        await open_view(chromium, srv, "get_session", {"session_id": sid}, overrides=shape)
-        await chromium.do("wait_text", selector="#status", text="needs input")
-        assert await chromium.do("visible", selector="#pending")
-        assert await chromium.do("text", selector="#pending-text") == PERMISSION["text"]
-        assert await chromium.do("texts", selector="#pending-options button") == [
-            "Allow once",
-            "Always allow",
-            "Reject",
-        ]
-        assert not await chromium.do("visible", selector="#answer-form")  # options, no free text
-        await chromium.screenshot("needs-input")
+            await open_view(chromium, srv, "get_session", {"session_id": sid})
+            await chromium.do("wait_text", selector="#status", text="needs input")
+            assert await chromium.do("text", selector="#backend") == "a2a"
+            assert await chromium.do("text", selector="#pending-text") == pending["text"] == "which colour?"
+            assert await chromium.do("count", selector="#pending-options button") == 0
+            assert not await chromium.do("visible", selector="#pending-options")
+            assert await chromium.do("visible", selector="#answer-form")
+            await chromium.screenshot("question")
 
-        await chromium.do("host", expr="window.hostState.overrides = {}")  # answered, the server clears it
-        await chromium.do("click", selector="#pending-options button", text="Always allow")
-        await chromium.do("wait_text", selector="#transcript", text="Always allow")
-        assert not await chromium.do("visible", selector="#pending")
-        page = await ok(other, "list_messages", session_id=sid, roles=["user"])
-        assert [m["text"] for m in page["messages"]] == ["Clean the build", "Always allow"]
-
-        question = {**PERMISSION, "id": "pend-2", "kind": "question", "text": "Which Python version?", "options": None}
-        await chromium.do("close")
-        shape = {
-            "get_session": {"status": "needs_input", "pending": question},
-            "list_messages": {"status": "needs_input"},
-        }
-        await open_view(chromium, srv, "get_session", {"session_id": sid}, overrides=shape)
-        await chromium.do("wait_text", selector="#pending-text", text="Which Python version?")
-        assert await chromium.do("count", selector="#pending-options button") == 0
-        assert await chromium.do("visible", selector="#answer-form")
-        await chromium.do("host", expr="window.hostState.overrides = {}")
-        await chromium.do("fill", selector="#answer", value="3.12, please")
-        await chromium.do("click", selector="#answer-send")
-        await chromium.do("wait_text", selector="#transcript", text="3.12, please")
-        page = await ok(other, "list_messages", session_id=sid, roles=["user"])
-        assert [m["text"] for m in page["messages"]].count("3.12, please") == 1
+            await chromium.do("fill", selector="#answer", value="blue, please")
+            await chromium.do("dblclick", selector="#answer-send")  # a double click still answers once
+            await chromium.do("wait_text", selector="#transcript", text="echo: blue, please", timeout=30000)
+            await chromium.do("wait_text", selector="#status", text="idle")
+            assert not await chromium.do("visible", selector="#pending")
+            done = await ok(other, "get_session", session_id=sid)
+            assert done["status"] == "idle" and done["pending"] is None, done
+            page = await ok(other, "list_messages", session_id=sid, roles=["user"])
+            assert [m["text"] for m in page["messages"]] == ["ask me something", "blue, please"]
+            assert agent.behaviour.prompts == ["ask me something", "blue, please"]
+            sends = await chromium.do("host", expr="window.hostState.calls.filter(c => c.name === 'send_message')")
+            assert len(sends) == 1, sends
 
 
 REPLIER = """

@@ -13,20 +13,9 @@ const theme = query.get("theme") || "light";
 const sandboxOrigin = query.get("sandbox");
 const HOST = { name: "sessions-mcp-test-host", version: "1.0.0" };
 
-// overrides: {tool: fields} merged into that tool's structured results, for shapes this server
-// cannot produce yet (tests say where they use it)
 const state = (window.hostState = {
   ready: false, error: null, calls: [], result: null, bridge: null, csp: null, mime: null,
-  overrides: JSON.parse(query.get("overrides") || "{}"),
 });
-
-function overridden(name, result) {
-  const extra = state.overrides[name];
-  if (extra && result && result.structuredContent && !result.isError) {
-    result.structuredContent = { ...result.structuredContent, ...extra };
-  }
-  return result;
-}
 
 async function main() {
   if (theme === "dark") document.body.classList.add("dark");
@@ -100,8 +89,7 @@ async function main() {
     const entry = { name: params.name, arguments: params.arguments, started: Date.now(), done: false };
     state.calls.push(entry);
     try {
-      const result = await client.request({ method: "tools/call", params }, { signal: extra.mcpReq.signal, timeout: 120000 });
-      return overridden(params.name, result);
+      return await client.request({ method: "tools/call", params }, { signal: extra.mcpReq.signal, timeout: 120000 });
     } finally {
       entry.done = true;
     }
@@ -109,7 +97,7 @@ async function main() {
   await bridge.sendSandboxResourceReady({ html: content.text, csp });
   await initialized;
   await bridge.sendToolInput({ arguments: args });
-  const result = overridden(tool, await client.callTool({ name: tool, arguments: args }));
+  const result = await client.callTool({ name: tool, arguments: args });
   state.result = result;
   await bridge.sendToolResult(result);
   state.ready = true;

@@ -131,6 +131,7 @@ function showPending(pending) {
     ui.options.append(button);
   }
   const question = pending.kind === "question" || !(pending.options || []).length;
+  ui.options.hidden = !(pending.options || []).length; // no empty row above the answer box
   ui.answerForm.hidden = !question;
   ui.pending.hidden = false;
 }

@@ -47,6 +47,9 @@ START_TIMEOUT_S = 90.0
 """First start of a CLI in a fresh HOME took up to 24 s here (droid); adapters more on a cold disk."""
 OPEN_TIMEOUT_S = 60.0
 CANCEL_GRACE_S = 5.0
+NOTIFY_S = 2.0
+"""How long writing ``session/cancel`` may take: the SDK's writer task may be gone (an event loop
+cancelling every task at once ends it) and a write then never completes."""
 HISTORY_CHARS = 60_000
 
 
@@ -298,7 +301,7 @@ class AcpAgent:
 
     async def _cancel(self, proc: AcpProcess, sid: str, task: asyncio.Future[Any], session_id: str) -> None:
         """``session/cancel``, then stop the process group if the turn does not end in time."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), anyio.move_on_after(NOTIFY_S):
             await proc.conn.cancel(session_id=sid)
         with anyio.move_on_after(CANCEL_GRACE_S):
             with contextlib.suppress(BaseException):
