@@ -41,6 +41,10 @@ class Served:
         self.url = f"http://127.0.0.1:{port}"
 
 
+STOP_S = 60
+"""How long the server may take to stop (agents' turns end first)."""
+
+
 @asynccontextmanager
 async def serve(settings: Settings, *, runtime: Any = None) -> AsyncIterator[Served]:
     """``create_app(settings)`` served by uvicorn on 127.0.0.1 at a free port, in this event loop."""
@@ -62,15 +66,27 @@ async def serve(settings: Settings, *, runtime: Any = None) -> AsyncIterator[Ser
 
     config = uvicorn.Config(built.app, log_level="warning", lifespan="on", access_log=False)
     server = Server(config)
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        try:
+            await server.serve([sock])
+        finally:
+            stopped.set()
+
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
+            tg.start_soon(run)
             with anyio.fail_after(15):
                 await started.wait()
             try:
                 yield Served(built, port)
             finally:
+                # a graceful stop even when the block failed: a task group cancelling serve() would
+                # orphan uvicorn's lifespan task, and with it the runtime and its agent processes
                 server.should_exit = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_S):
+                    await stopped.wait()
     finally:
         sock.close()
 
