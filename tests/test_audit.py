@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -55,3 +56,31 @@ def test_without_a_stream_lines_go_to_the_logger(caplog: pytest.LogCaptureFixtur
         trail.tool_call(principal="p", tool="list_sessions", session_id=None, outcome="ok", started=0.0)
     assert [audit_record(r.getMessage())["tool"] for r in caplog.records] == ["list_sessions"]  # type: ignore[index]
     assert session_digest("local:abc") == hashlib.sha256(b"local:abc").hexdigest()[:16]
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+@pytest.mark.anyio
+async def test_calls_ending_in_one_loop_turn_share_one_write() -> None:
+    out = CountingStream()
+    trail = AuditTrail()
+    trail.write_to(out)
+    for tool in ("get_session", "list_messages", "send_message"):
+        trail.tool_call(principal="p", tool=tool, session_id="local:x", outcome="ok", started=time.perf_counter())
+    assert out.getvalue() == ""  # written at the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert out.writes == 1
+    assert [audit_record(line)["tool"] for line in out.getvalue().splitlines()] == [  # type: ignore[index]
+        "get_session", "list_messages", "send_message",
+    ]  # fmt: skip
+    trail.tool_call(principal="p", tool="rename_session", session_id=None, outcome="ok", started=0.0)
+    trail.flush()  # what happens at exit, too
+    assert out.getvalue().splitlines()[-1].startswith('{"event": "tool_call"') and out.writes == 2

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken
 
 LOCAL_PRINCIPAL = "local"
 
@@ -14,9 +19,7 @@ def current_principal() -> str:
     forced = _override.get()
     if forced is not None:
         return forced
-    from mcp.server.auth.middleware.auth_context import get_access_token
-
-    token = get_access_token()
+    token = _access_token()()
     if token is None:
         return LOCAL_PRINCIPAL
     return token.subject or token.client_id or LOCAL_PRINCIPAL
@@ -25,3 +28,16 @@ def current_principal() -> str:
 def set_principal(principal: str | None) -> object:
     """Force the principal for the current context (tests, CLI views); returns a reset token."""
     return _override.set(principal)
+
+
+def _access_token() -> Callable[[], AccessToken | None]:
+    # imported on first use, not with this module: the stdio relay imports it without the SDK
+    global _get_access_token
+    if _get_access_token is None:
+        from mcp.server.auth.middleware.auth_context import get_access_token
+
+        _get_access_token = get_access_token
+    return _get_access_token
+
+
+_get_access_token: Callable[[], AccessToken | None] | None = None
