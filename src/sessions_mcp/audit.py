@@ -2,9 +2,10 @@
 
 Over HTTP the lines go straight to stderr (:meth:`AuditTrail.write_to`), redacted like every other
 log line; the lines of the calls that end in one turn of the event loop are written together, in
-one write at the end of that turn. Elsewhere they go through the ``sessions_mcp.audit`` logger, so
-``--log-level INFO`` shows them on stdio too. Writing directly skips building a ``LogRecord`` per call: an audit line
-costs ~3 us instead of ~12 us, which matters at a thousand calls a second (bench budget 5).
+one write at the end of that turn. Elsewhere they go through the ``sessions_mcp.audit`` logger,
+so ``--log-level INFO`` shows them on stdio too. Writing directly skips building a ``LogRecord``
+per call: an audit line costs ~3 us instead of ~12 us, which matters at a thousand calls a
+second (bench budget 5).
 """
 
 from __future__ import annotations

@@ -192,8 +192,12 @@ def canonical_parts(parts: list[dict[str, Any]], *, trust: bool = False) -> list
     exactly its model's fields is taken as it is; anything else (rows written before the form
     was fixed) goes through the models.
     """
-    if trust and all(type(p) is dict and p.keys() == _PART_KEYS.get(str(p.get("type")), ()) for p in parts):
-        return parts
+    if trust:
+        first = parts[0] if len(parts) == 1 else None
+        if type(first) is dict and first.keys() == _TEXT_KEYS and type(first["text"]) is str:
+            return parts  # nearly every message: one text part
+        if all(type(p) is dict and p.keys() == _PART_KEYS.get(str(p.get("type")), ()) for p in parts):
+            return parts
     return [p.model_dump(mode="json") for p in _parts_adapter().validate_python(parts)]
 
 
@@ -296,10 +300,7 @@ class StoredMessage:
         """A message from this server's store: ``parts`` in the JSON form it was written in."""
         m = cls.__new__(cls)
         m.id, m.role, m.position, m._ms, m._created, m._typed = id, role, position, created_ms, None, None
-        first = parts[0] if len(parts) == 1 else None
-        # nearly every message is one text part: skip the general check for it
-        simple = type(first) is dict and first.keys() == _TEXT_KEYS and type(first["text"]) is str
-        m._json = parts if simple else canonical_parts(parts, trust=True)
+        m._json = canonical_parts(parts, trust=True)
         return m
 
     @property

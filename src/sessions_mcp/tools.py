@@ -58,14 +58,12 @@ IdemKey = Annotated[
 ]
 
 
-def _result(model: BaseModel, text: str) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
-    )
-
-
 def _content(data: dict[str, Any], text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _result(model: BaseModel, text: str) -> CallToolResult:
+    return _content(model.model_dump(mode="json"), text)
 
 
 def create_session_result(r: CreateSessionResult) -> CallToolResult:

@@ -6,8 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import InvalidArgument
 from ..models import SessionPage, SessionRecord, StoredMessage
-from ..store.base import SessionRow, Store
-from ..store.rows import MessageRow
+from ..store.base import MessageRow, SessionRow, Store
 from .requests import SessionQuery
 
 BAD_CURSOR = "bad cursor for list_sessions: pass next_cursor from a previous call"
