@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, startup
 
 EPILOG = """\
 configuration (environment, TOML file via --config, flags; flags win):
@@ -43,7 +43,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         )
 
 
-def _parser() -> argparse.ArgumentParser:
+SETUP_HELP = "add sessions-mcp to an MCP host's configuration"
+
+
+def _parser(argv: Sequence[str] = ("setup",)) -> argparse.ArgumentParser:
+    """The command line parser; ``setup``'s own arguments only when ``argv`` names it.
+
+    Describing ``setup`` imports the host registry (~10 ms), which every stdio start would
+    otherwise pay; ``sessions-mcp --help`` still lists the command.
+    """
     p = argparse.ArgumentParser(
         prog="sessions-mcp",
         description="MCP server that exposes agent sessions (local store, Factory, Fabro) as tools, "
@@ -118,9 +126,12 @@ def _parser() -> argparse.ArgumentParser:
                             "SESSIONS_MCP_DAEMON__IDLE_S (default 600) without connections. "
                             "SESSIONS_MCP_DAEMON=off or --no-daemon serve in-process.")  # fmt: skip
     daemon.add_argument("daemon_command", choices=["status", "stop"], help="status: list them; stop: stop them all")
-    from .hosts import add_setup_parser
+    if "setup" in argv:
+        from .hosts import add_setup_parser
 
-    add_setup_parser(sub, _HelpFormatter)
+        add_setup_parser(sub, _HelpFormatter, SETUP_HELP)
+    else:
+        sub.add_parser("setup", help=SETUP_HELP)
     db = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION")
     copy = dbsub.add_parser("copy", parents=[common], help="copy a SQLite store into PostgreSQL and verify")
@@ -165,7 +176,8 @@ def _merge_env(overrides: dict[str, Any]) -> Any:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The parsed command line."""
-    return _parser().parse_args(argv)
+    arglist = list(sys.argv[1:] if argv is None else argv)
+    return _parser(arglist).parse_args(arglist)
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -201,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon.control import run_control
 
         return run_control(args.daemon_command)
+    if (args.command or "serve") == "serve":
+        startup.begin()
+    try:
+        return _run(args)
+    finally:
+        startup.done()
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         stream=sys.stderr,
         level=(args.log_level or "WARNING").upper() if isinstance(args.log_level, str) else logging.WARNING,
@@ -256,12 +277,15 @@ def _serve(settings: Any, transport: str) -> int:
         from .stdio import serve_stdio
 
         mcp = build_server(settings)
+        startup.done()
         try:
             anyio.run(serve_stdio, mcp)
         except BaseException as exc:  # the client closed our stdout: leave quietly, nothing to report
             if not _only_broken_pipes(exc):
                 raise
         return 0
-    from .http_app import serve_http
+    from .http_app import create_app, serve_http
 
-    return serve_http(settings)
+    built = create_app(settings)
+    startup.done()
+    return serve_http(settings, built)

@@ -469,10 +469,10 @@ def run_setup(
     return 0
 
 
-def add_setup_parser(sub: Any, formatter_class: type[argparse.HelpFormatter]) -> None:
+def add_setup_parser(sub: Any, formatter_class: type[argparse.HelpFormatter], help_text: str) -> None:
     """Add the ``setup`` command to the ``sessions-mcp`` sub-command parsers."""
     setup = sub.add_parser(
-        "setup", formatter_class=formatter_class, help="add sessions-mcp to an MCP host's configuration",
+        "setup", formatter_class=formatter_class, help=help_text,
         description="Add (or update) the 'sessions' server in a host's user configuration file, keeping every "
         "other setting and server as it is; --print prints the snippet instead. docs/clients.md says how "
         "each host treats long calls, errors and approvals.",

@@ -434,9 +434,9 @@ class _Server:
         self.server.run()
 
 
-def serve_http(settings: Settings) -> int:
-    """Serve MCP over streamable HTTP and SSE until interrupted; the exit status."""
-    built = create_app(settings)
+def serve_http(settings: Settings, built: HttpApp | None = None) -> int:
+    """Serve MCP over streamable HTTP and SSE until interrupted (``built``: the app, when made already)."""
+    built = built or create_app(settings)
     configure_http_logging(built.auth.static_tokens if built.auth else ())
     if built.auth is None:
         log.info("no HTTP authentication configured; serving loopback only")

@@ -3,7 +3,7 @@
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, ParamSpec
 
 import anyio
@@ -193,8 +193,23 @@ def _agent_help(service: SessionService) -> str:
     return text
 
 
-def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool) -> None:
-    """Add the eight tools to ``mcp``."""
+def register_tools(
+    mcp: MCPServer,
+    service: SessionService,
+    *,
+    open_world: bool,
+    output_schemas: Mapping[str, dict[str, Any]] | None = None,
+) -> None:
+    """Add the eight tools to ``mcp``.
+
+    ``output_schemas`` (default: :func:`sessions_mcp.output_schemas.published`) gives each tool's
+    published output schema; a tool missing from it has its schema derived by the SDK from its
+    return annotation, which is what ``{}`` asks for everywhere.
+    """
+    if output_schemas is None:
+        from .output_schemas import published
+
+        output_schemas = published()
     names = ", ".join(service.backends)
     backend_help = f"Backend for the new session: one of {names} (default {service.default_backend}). " + " ".join(
         f"{i.name} cannot {', '.join(i.cannot)}." for i in service.infos() if i.cannot
@@ -217,8 +232,17 @@ def register_tools(mcp: MCPServer, service: SessionService, *, open_world: bool)
         )
 
         def deco(fn: Callable[P, Awaitable[CallToolResult]]) -> Callable[P, Awaitable[CallToolResult]]:
-            register = mcp.tool(name=name, title=title, annotations=annotations, meta=TOOL_META if app else None)
-            return register(_guard(name)(fn))
+            known = name in output_schemas
+            register = mcp.tool(
+                name=name, title=title, annotations=annotations, meta=TOOL_META if app else None,
+                structured_output=False if known else None,
+            )  # fmt: skip
+            wrapped = register(_guard(name)(fn))
+            if known:
+                tool = manager.get_tool(name)
+                assert tool is not None
+                tool.fn_metadata.output_schema = output_schemas[name]
+            return wrapped
 
         return deco
 

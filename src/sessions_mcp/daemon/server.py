@@ -315,7 +315,17 @@ def main(key: str, args: list[str], *, lock: int, first: First) -> int:
     """
     with contextlib.suppress(OSError):  # "sessions-mcpd" in ps, and how tests tell the daemon apart
         Path("/proc/self/comm").write_text("sessions-mcpd")
-    from .. import cli
+    from .. import startup
+
+    startup.begin()
+    try:
+        return _main(key, args, lock=lock, first=first)
+    finally:
+        startup.done()
+
+
+def _main(key: str, args: list[str], *, lock: int, first: First) -> int:
+    from .. import cli, startup
     from ..errors import SessionsError
 
     files = paths(runtime_dir(), key)
@@ -339,6 +349,7 @@ def main(key: str, args: list[str], *, lock: int, first: First) -> int:
 
     logfilter.install()  # as in-process: a client repeating a bad line must not flood the log
     daemon = Daemon(mcp, runtime, files, cli.config_file_of(parsed))
+    startup.done()
     try:
         anyio.run(daemon.run, lock, first)
     except Exception as exc:
