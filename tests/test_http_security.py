@@ -120,6 +120,28 @@ async def test_bad_host_and_origin_matrix(make_settings: Callable[..., Settings]
             assert r.status_code == 421
 
 
+async def test_a_remembered_good_host_still_gets_every_other_check(make_settings: Callable[..., Settings]) -> None:
+    """The guard remembers accepted (Host, Origin) pairs; the same pair with a token in the URL, a
+    body over the limit or another Origin is still refused, every time."""
+    async with serve(make_settings(http={"max_body_bytes": 4096})) as served, httpx2.AsyncClient() as http:
+        port = served.url.rsplit(":", 1)[1]
+        good = {"host": f"127.0.0.1:{port}", "origin": f"http://127.0.0.1:{port}"}
+        for _ in range(3):
+            r = await http.post(f"{served.url}/mcp", headers=JSON_HEADERS | good, json=INIT)
+            assert r.status_code == 200, r.text
+            r = await http.post(f"{served.url}/mcp?access_token=abc", headers=JSON_HEADERS | good, json=INIT)
+            assert r.status_code == 401, r.text
+            big = json.dumps(INIT | {"pad": "x" * 5000})
+            r = await http.post(f"{served.url}/mcp", headers=JSON_HEADERS | good, content=big)
+            assert r.status_code == 413, r.text
+            r = await http.post(
+                f"{served.url}/mcp", headers=JSON_HEADERS | good | {"origin": f"http://{EVIL}"}, json=INIT
+            )
+            assert r.status_code == 403, r.text
+            r = await http.post(f"{served.url}/mcp", headers=JSON_HEADERS | good | {"host": EVIL}, json=INIT)
+            assert r.status_code == 421, r.text
+
+
 async def test_no_transport_security_is_ever_built_without_settings(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:

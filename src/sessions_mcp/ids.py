@@ -14,6 +14,7 @@ import hashlib
 import json
 import secrets
 from binascii import b2a_base64
+from collections.abc import Container
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -67,7 +68,7 @@ def count_position(after: str | None) -> int | None:
     return int(after)
 
 
-def parse_handle(session_id: str, known: list[str]) -> Handle:
+def parse_handle(session_id: str, known: Container[str]) -> Handle:
     """Parse ``backend:native``; unknown shapes and disabled backends are unknown sessions."""
     backend, sep, native = (session_id or "").strip().partition(":")
     if not sep or not native or backend not in known or "/" in native:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import limits
-from .ids import Handle, encode_cursor
+from .ids import encode_cursor
 from .models import MessageJSON, Session, SessionRecord, StoredMessage
 
 
 def public_session(backend: str, rec: SessionRecord) -> Session:
     """A backend record as the public model."""
-    h = Handle(backend, rec.native_id)
+    native = rec.native_id
     return Session(
-        id=str(h),
+        id=f"{backend}:{native}",
         backend=backend,
         title=limits.clip(rec.title, limits.TITLE),
         status=rec.status,
@@ -21,8 +21,8 @@ def public_session(backend: str, rec: SessionRecord) -> Session:
         created_at=rec.created_at,
         updated_at=rec.updated_at,
         message_count=rec.message_count,
-        transcript_uri=h.transcript_uri,
-        messages_uri=h.messages_uri,
+        transcript_uri=f"session://{backend}/{native}/transcript",
+        messages_uri=f"session://{backend}/{native}/messages",
         model=limits.clip(rec.model, limits.MODEL),
         agent=limits.clip(rec.agent, limits.AGENT),
         pending=rec.pending,

@@ -143,7 +143,7 @@ class SessionService:
 
     def handle(self, session_id: str) -> tuple[Handle, SessionBackend]:
         """Parse a session id and find its backend."""
-        h = parse_handle(session_id, list(self.backends))
+        h = parse_handle(session_id, self.backends)
         return h, self.backends[h.backend]
 
     def _public_id(self, query: str) -> Handle | None:
