@@ -12,7 +12,10 @@ start-up cancels out::
     # (instructions of the second run − the first) / 500 = instructions per call
 
 ``echo`` is the bare server's echo tool added to our app, so ``get_session − echo`` is what the
-tool itself costs.
+tool itself costs. ``--app bare`` drives the bare SDK app of bench 5 instead (``echo`` only), and
+``--app client`` a no-op ASGI app that answers every call with a fixed echo result: the client's
+own share, to subtract from both. Server-side instructions per call, as compared in
+``findings.md`` (budget 5): ours ``get_session`` − client against bare ``echo`` − client.
 """
 
 from __future__ import annotations
@@ -36,7 +39,16 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["echo", "get_session", "list_messages"], action="append")
     p.add_argument("--calls", type=int, default=300, help="calls per round (default 300)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; the best is reported (default 5)")
+    p.add_argument(
+        "--app",
+        choices=["ours", "bare", "client"],
+        default="ours",
+        help="ours: sessions-mcp's HTTP app (default); bare: the bare SDK app (echo only); "
+        "client: a no-op app, the client's own cost",
+    )
     args = p.parse_args(argv)
+    if args.app != "ours":
+        return await _reference(args.app, args.calls, args.rounds)
 
     import httpx2
 
@@ -90,6 +102,49 @@ async def main(argv: list[str] | None = None) -> int:
                     best[key] = min(best.get(key, per_call), per_call)
     for key in chosen:
         print(f"{key:14s} {best[key]:8.1f} us per call (best of {args.rounds} rounds of {args.calls})", file=out)
+    return 0
+
+
+async def _reference(app_name: str, calls: int, rounds: int) -> int:
+    """``echo`` through the bare SDK app, or through a no-op app (the client alone)."""
+    import contextlib
+    import runpy
+
+    import httpx2
+
+    reply = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "hi"}],
+                        "structuredContent": {"result": "hi"}, "isError": False}}).encode()  # fmt: skip
+
+    async def no_op(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
+
+    app: Any = no_op
+    running: Any = contextlib.nullcontext()
+    if app_name == "bare":
+        bare = runpy.run_path(str(Path(__file__).with_name("servers") / "bare.py"))["mcp"]
+        app = bare.streamable_http_app()
+        running = bare.session_manager.run()
+    best = float("inf")
+    async with (
+        running,
+        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8765") as c,
+    ):
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for i in range(calls):
+                body = json.dumps(envelope(i, "echo", {"text": "hi"})).encode()
+                r = await c.post("/mcp", content=body, headers=call_headers("echo"))
+                if r.status_code != 200 or r.json()["result"].get("isError"):
+                    print(f"echo failed: {r.status_code} {r.text[:300]}")
+                    return 1
+            best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    print(f"echo ({app_name}) {best:8.1f} us per call (best of {rounds} rounds of {calls})")
     return 0
 
 
