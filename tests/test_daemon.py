@@ -357,7 +357,7 @@ def test_the_relay_imports_no_sdk_and_no_pydantic(tmp_path: Path, clients: list[
     assert "sessions_mcp.daemon.relay" in imported
     heavy = {m for m in imported if m.split(".")[0] in ("mcp", "mcp_types", "pydantic", "anyio", "pydantic_settings")}
     assert heavy == set()
-    assert "sessions_mcp.hosts" not in imported  # only 'sessions-mcp setup' describes the hosts (~10 ms)
+    assert "sessions_mcp.hosts" not in imported  # only 'sessions-mcp setup' describes the hosts (~13 ms)
 
 
 def test_simultaneous_first_starts_share_one_daemon(tmp_path: Path, clients: list[Raw]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from mcp.server.mcpserver import MCPServer
+from pydantic import TypeAdapter
 
 from sessions_mcp import output_schemas
 from sessions_mcp.server import Runtime, build_server
@@ -43,14 +44,25 @@ def test_the_snapshot_is_what_the_sdk_derives_from_the_models() -> None:
     assert check.returncode == 0, check.stderr
 
 
-def test_a_built_server_publishes_the_snapshot_without_deriving(tmp_path: Path) -> None:
+def test_a_built_server_publishes_the_snapshot_without_deriving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    derivations: list[object] = []
+    real = TypeAdapter.json_schema
+
+    def counted(self: TypeAdapter[object], *args: object, **kwargs: object) -> object:
+        derivations.append(self)  # the SDK derives an output schema through TypeAdapter.json_schema
+        return real(self, *args, **kwargs)  # pyright: ignore[reportArgumentType]
+
+    monkeypatch.setattr(TypeAdapter, "json_schema", counted)
     mcp = build_server(_settings(tmp_path))
-    published = _published(mcp)
-    assert published == output_schemas.published()
+    assert derivations == []
+    assert _published(mcp) == output_schemas.published()
     for tool in mcp._tool_manager.list_tools():  # pyright: ignore[reportPrivateUsage]
-        # registered as unstructured, then given the snapshot's schema: no model, no re-validation
-        assert tool.fn_metadata.output_model is None
-        assert tool.output_schema is not None and tool.output_schema["type"] == "object"
+        assert tool.fn_metadata.output_model is None  # advertised, not re-validated
+    # the same build without the snapshot derives one schema per tool, and publishes the same
+    register_tools(MCPServer("t"), Runtime(_settings(tmp_path)).service, open_world=False, output_schemas={})
+    assert len(derivations) == len(TOOLS)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"get_session": 3}'])

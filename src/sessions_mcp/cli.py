@@ -49,7 +49,7 @@ SETUP_HELP = "add sessions-mcp to an MCP host's configuration"
 def _parser(argv: Sequence[str] = ("setup",)) -> argparse.ArgumentParser:
     """The command line parser; ``setup``'s own arguments only when ``argv`` names it.
 
-    Describing ``setup`` imports the host registry (~10 ms), which every stdio start would
+    Describing ``setup`` imports the host registry (~13 ms), which every stdio start would
     otherwise pay; ``sessions-mcp --help`` still lists the command.
     """
     p = argparse.ArgumentParser(
